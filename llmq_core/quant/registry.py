@@ -1,0 +1,76 @@
+"""The method registry: a method is one decorated function that the sweep finds by name.
+
+    @register_method("rtn", wbits=range(1, 9), notebook="ptq/rtn.ipynb", paper_name="RTN")
+    def quantize_rtn(model, spec, calibration): ...
+
+`quantize(model, spec, calibration)` changes `model` in place and returns a small dict of
+facts about what it did (e.g. the average bits per weight), which is stored with the results.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import torch
+
+from llmq_core.errors import LlmqError
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """What to quantize to. group_size=None means one scale per output channel."""
+
+    wbits: float = 16
+    abits: int = 16
+    group_size: int | None = None
+    symmetric: bool = False
+    options: dict[str, Any] = field(default_factory=dict)  # method-specific knobs
+
+
+QuantizeFn = Callable[[torch.nn.Module, QuantSpec, "torch.Tensor | None"], dict]
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    quantize: QuantizeFn
+    wbits: tuple[float, ...]
+    abits: tuple[int, ...]
+    notebook: str  # relative to notebooks/
+    needs_calibration: bool
+    summary: str
+    paper_name: str  # how the paper's tables spell it
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register_method(name: str, *, wbits: Iterable[float], notebook: str, paper_name: str, abits: Iterable[int] = (16,),
+                    needs_calibration: bool = False, summary: str = "") -> Callable[[QuantizeFn], QuantizeFn]:
+    def register(fn: QuantizeFn) -> QuantizeFn:
+        if name in METHODS:
+            raise ValueError(f"method {name!r} is registered twice")
+        METHODS[name] = Method(name, fn, tuple(wbits), tuple(abits), notebook, needs_calibration,
+                               summary or (fn.__doc__ or "").strip().split("\n")[0], paper_name)
+        return fn
+    return register
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise LlmqError(f"unknown method {name!r}; known: {', '.join(sorted(METHODS))} (see `python run_all.py --list`)")
+    return METHODS[name]
+
+
+def check_spec(method: Method, spec: QuantSpec) -> None:
+    """A clear error for bits or group sizes the method does not support."""
+    if spec.wbits not in method.wbits:
+        raise LlmqError(f"{method.name} does not support wbits={spec.wbits:g}; it supports "
+                        f"{', '.join(f'{b:g}' for b in method.wbits)}")
+    if spec.abits not in method.abits:
+        raise LlmqError(f"{method.name} does not support abits={spec.abits}; it supports "
+                        f"{', '.join(map(str, method.abits))}")
+    if spec.group_size is not None and (not isinstance(spec.group_size, int) or spec.group_size < 1):
+        raise LlmqError(f"group_size must be a positive integer or 'channel' (one scale per output row), "
+                        f"not {spec.group_size!r}")

@@ -1,0 +1,134 @@
+"""The study's tables, built from the results store: one row per quantized model, one column per metric.
+
+Columns follow the paper's table (`paper/reference/paper_ptq.csv`), except that the
+perplexity columns are named by the text really measured (enwiki-excerpt, brown, ptb
+offline; wikitext2, c4, ptb from the hub). Where the model is one of the paper's, the
+paper's number stands beside ours in a `paper_<column>` column.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from llmq_core.data import HUB_TEXTS, OFFLINE_TEXTS, PAPER_COLUMN
+from llmq_core.eval.zeroshot import TASKS
+from llmq_core.models import PAPER_NAMES
+from llmq_core.quant import get_method
+
+CONFIG_COLUMNS = ["model", "method", "wbits", "abits", "group_size"]
+PAPER_PTQ = Path(__file__).resolve().parent.parent / "paper" / "reference" / "paper_ptq.csv"
+
+
+def _config_of(key: dict[str, Any]) -> tuple:
+    return (key["model"], key["method"], key["wbits"], key["abits"], key["group_size"], key["symmetric"],
+            str(sorted(key["options"].items())), key["dtype"], key["seed"])
+
+
+def _coverage(key: dict[str, Any]) -> float:
+    """How much of the set a record scored: a full evaluation beats any limited one."""
+    return float("inf") if key["limit"] is None else key["limit"]
+
+
+def best_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """For each configuration and target keep one record: the most complete evaluation."""
+    best: dict[tuple, dict[str, Any]] = {}
+    for record in records:
+        key = record["key"]
+        slot = (_config_of(key), key["data"], key["target"])
+        if slot not in best or _coverage(key) > _coverage(best[slot]["key"]):
+            best[slot] = record
+    return list(best.values())
+
+
+def _eval_size(keys: list[dict[str, Any]], kind: str) -> str:
+    sizes = set()
+    for key in keys:
+        if key["kind"] == kind:
+            limit = "full" if key["limit"] is None else (f"limit={key['limit']}" if kind == "zeroshot"
+                                                          else f"{key['limit']} windows")
+            sizes.add(limit + (f" x {key['seqlen']}" if kind == "perplexity" else ""))
+    return "; ".join(sorted(sizes))
+
+
+def ptq_table(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """The PTQ table: perplexities, accuracies (%) and their average, with evaluation size and device."""
+    rows: dict[tuple, dict[str, Any]] = {}
+    keys: dict[tuple, list[dict[str, Any]]] = {}
+    for record in best_records(records):
+        key, metrics = record["key"], record["metrics"]
+        config = _config_of(key)
+        row = rows.setdefault(config, {
+            "model": PAPER_NAMES.get(key["model"], key["model"]),
+            "method": get_method(key["method"]).paper_name, "wbits": key["wbits"], "abits": key["abits"],
+            "group_size": key["group_size"], "devices": set()})
+        keys.setdefault(config, []).append(key)
+        row["devices"].add(record["device"])
+        row[key["target"]] = metrics["acc"] * 100 if key["kind"] == "zeroshot" else metrics["ppl"]
+    table = pd.DataFrame(list(rows.values()))
+    if table.empty:
+        return table
+    table["ppl_eval"] = [_eval_size(keys[c], "perplexity") for c in rows]
+    table["task_eval"] = [_eval_size(keys[c], "zeroshot") for c in rows]
+    table["device"] = ["; ".join(sorted(row.pop("devices"))) for row in rows.values()]
+    table = table.drop(columns="devices")
+    texts = [t for t in (*OFFLINE_TEXTS, *HUB_TEXTS) if t in table and t not in TASKS]
+    texts = list(dict.fromkeys(texts))
+    tasks = [t for t in TASKS if t in table]
+    if len(tasks) == len(TASKS):
+        table["avg"] = table[tasks].mean(axis=1, skipna=False)
+    table = _add_paper_columns(table, texts + tasks + (["avg"] if "avg" in table else []))
+    table = table.sort_values(["model", "method", "group_size", "wbits"], ascending=[True, True, True, False],
+                              na_position="first", key=_method_order)
+    paper = [c for c in table.columns if c.startswith("paper_")]
+    columns = CONFIG_COLUMNS + texts + tasks + (["avg"] if "avg" in table else []) + ["ppl_eval", "task_eval", "device"]
+    return table[columns + paper].reset_index(drop=True)
+
+
+def _method_order(column: pd.Series) -> pd.Series:
+    if column.name == "method":  # FP16 first, then as registered
+        from llmq_core.quant import METHODS
+
+        order = {m.paper_name: i for i, m in enumerate(METHODS.values())}
+        return column.map(order)
+    return column
+
+
+def _add_paper_columns(table: pd.DataFrame, measured: list[str]) -> pd.DataFrame:
+    """paper_<column>: the paper's number for the same model and setting, where the model is LLaMA-3."""
+    if not set(table["model"]) & set(PAPER_NAMES.values()):
+        return table
+    paper = pd.read_csv(PAPER_PTQ)
+    paper["group_size"] = paper["group_size"].astype("Int64")
+    merged = table.assign(group_size=table["group_size"].astype("Int64"))
+    wanted = {PAPER_COLUMN.get(c, c) for c in measured}
+    renamed = paper[CONFIG_COLUMNS + [c for c in paper.columns if c in wanted]].rename(
+        columns={c: f"paper_{c}" for c in paper.columns if c in wanted})
+    merged = merged.merge(renamed, on=CONFIG_COLUMNS, how="left")
+    merged["group_size"] = table["group_size"].values
+    return merged
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float):
+        if pd.isna(value):
+            return ""
+        if value >= 1000:
+            return f"{value:.1e}"
+        return f"{value:.2f}" if value < 100 else f"{value:.1f}"
+    return "" if value is None or (not isinstance(value, str) and pd.isna(value)) else str(value)
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    header = "| " + " | ".join(table.columns) + " |\n|" + "---|" * len(table.columns) + "\n"
+    return header + "".join("| " + " | ".join(_format(v) for v in row) + " |\n" for row in table.itertuples(index=False))
+
+
+def write_ptq_tables(table: pd.DataFrame, out_dir: Path, preamble: str = "") -> None:
+    """paper/tables/ptq.csv (full precision numbers) and ptq.md (rounded, for reading)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv = table.assign(group_size=table["group_size"].astype("Int64"))
+    csv.to_csv(out_dir / "ptq.csv", index=False)
+    (out_dir / "ptq.md").write_text(preamble + to_markdown(csv.astype(object).where(csv.notna(), None)))

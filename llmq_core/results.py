@@ -1,0 +1,133 @@
+"""The results store: one JSON file per measured number, written atomically, never silently replaced.
+
+A record's key is (model, method, wbits, abits, group_size, options, data source, target,
+limit, seqlen, seed), where the target is a perplexity text or a zero-shot task. Asking for
+the same key again reuses the record, so a killed sweep resumes where it stopped.
+A record also keeps how it was obtained: wall time, peak memory, device, package versions
+and the git commit.
+
+    results/<model>/<method>/<target>--<short hash of the key>.json
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llmq_core.errors import LlmqError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+VERSIONED_PACKAGES = ("torch", "transformers", "lm_eval", "datasets", "peft", "bitsandbytes")
+
+
+def results_dir() -> Path:
+    return Path(os.environ.get("LLMQ_RESULTS", REPO_ROOT / "results"))
+
+
+def output_dir() -> Path:
+    """Where figures/ and paper/tables/ are written: the repo, or $LLMQ_OUTPUT (tests write elsewhere)."""
+    return Path(os.environ.get("LLMQ_OUTPUT", REPO_ROOT))
+
+
+def key_hash(key: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def git_commit() -> str:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True).stdout.strip()
+        return commit + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in VERSIONED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name.replace("_", "-"))
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+class ResultStore:
+    """Records under `root` (default: the repo's results/, or $LLMQ_RESULTS)."""
+
+    def __init__(self, root: Path | str | None = None):
+        self.root = Path(root) if root is not None else results_dir()
+
+    def path(self, key: dict[str, Any]) -> Path:
+        return self.root / key["model"] / key["method"] / f"{key['target']}--{key_hash(key)}.json"
+
+    def get(self, key: dict[str, Any]) -> dict[str, Any] | None:
+        path = self.path(key)
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def put(self, key: dict[str, Any], metrics: dict[str, Any], *, wall_time_s: float, device: str,
+            extra: dict[str, Any] | None = None, replace: bool = False) -> dict[str, Any]:
+        """Write a record. An existing one is only replaced when `replace` is set (the sweep's --force)."""
+        path = self.path(key)
+        if path.exists() and not replace:
+            raise LlmqError(f"a result for this configuration exists already ({path}); "
+                            "pass --force (force=True) to recompute and replace it")
+        record = {
+            "key": key,
+            "metrics": metrics,
+            "wall_time_s": round(wall_time_s, 3),
+            "peak_memory_mb": round(peak_memory_mb(device), 1),
+            "device": device_name(device),
+            "versions": package_versions(),
+            "git_commit": git_commit(),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **(extra or {}),
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Write beside the target, then rename: a killed run leaves the old record or the new one, never half.
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
+            json.dump(record, tmp, indent=1, sort_keys=True)
+        os.replace(tmp.name, path)
+        return record
+
+    def records(self) -> list[dict[str, Any]]:
+        return [json.loads(p.read_text()) for p in sorted(self.root.glob("*/*/*.json"))]
+
+
+def peak_memory_mb(device: str) -> float:
+    """Peak GPU memory allocated by torch, or the process's peak resident memory on CPU."""
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated(torch.device(device)) / 2 ** 20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+class Timer:
+    """`with Timer() as t: ...; t.seconds`"""
+
+    def __enter__(self) -> "Timer":
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self.start

@@ -1,0 +1,146 @@
+"""Run the study: execute each configuration's notebook with papermill, then the summary.
+
+    python run_all.py                         # the quick sweep (sweeps/quick.yaml): CPU, minutes
+    python run_all.py --sweep sweeps/full.yaml --device cuda
+    python run_all.py --method rtn --wbits 3 --group-size 128 --limit 100   # one config, quick defaults
+    python run_all.py --sweep sweeps/full.yaml --method rtn --wbits 4 --group-size 128   # one config, full size
+    python run_all.py --list                  # methods and the bits they support
+    python run_all.py --dry-run               # print the plan, run nothing
+
+Executed notebooks go to runs/<sweep>/. Numbers go to the results store (results/), which
+is reused: a configuration already measured is not recomputed unless --force is given, so an
+interrupted sweep resumes where it stopped. The summary notebook then rebuilds figures/ and
+paper/tables/ from every record in the store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+from llmq_core.errors import LlmqError
+from llmq_core.experiment import RunConfig, parse_group_size
+from llmq_core.quant import METHODS, get_method
+
+ROOT = Path(__file__).resolve().parent
+NOTEBOOKS = ROOT / "notebooks"
+SUMMARY = NOTEBOOKS / "summary.ipynb"
+DEFAULT_SWEEP = ROOT / "sweeps" / "quick.yaml"
+SINGLE_CONFIG_FLAGS = ("method", "wbits", "abits", "group_size", "model", "data", "datasets", "tasks", "limit",
+                       "ppl_windows", "seqlen", "device")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--list", action="store_true", help="list the methods and the bits they support")
+    parser.add_argument("--sweep", type=Path, default=None, help=f"sweep YAML (default {DEFAULT_SWEEP.relative_to(ROOT)})")
+    parser.add_argument("--method", help="run one configuration of this method instead of a sweep")
+    parser.add_argument("--wbits", type=float)
+    parser.add_argument("--abits", type=int)
+    parser.add_argument("--group-size", dest="group_size", help="a positive integer, or 'channel'")
+    parser.add_argument("--model", help="smollm2-135m (offline), llama3-8b, llama3-70b, a hub id or a folder")
+    parser.add_argument("--data", choices=("offline", "hub"), help="perplexity texts from the asset cache or the hub")
+    parser.add_argument("--datasets", nargs="+", help="perplexity texts")
+    parser.add_argument("--tasks", nargs="*", help="zero-shot tasks (none: perplexity only)")
+    parser.add_argument("--limit", type=int, help="first N documents of each zero-shot task")
+    parser.add_argument("--ppl-windows", dest="ppl_windows", type=int, help="first N windows of each perplexity text")
+    parser.add_argument("--seqlen", type=int)
+    parser.add_argument("--device", help="cpu or cuda")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    parser.add_argument("--force", action="store_true", help="recompute and replace existing results")
+    parser.add_argument("--no-summary", action="store_true", help="skip the summary notebook (figures and tables)")
+    return parser.parse_args(argv)
+
+
+def plan(args: argparse.Namespace) -> tuple[str, list[RunConfig]]:
+    """The configurations to run: a sweep, with command-line flags overriding its values."""
+    overrides = {k: getattr(args, k) for k in SINGLE_CONFIG_FLAGS if getattr(args, k) is not None}
+    if "group_size" in overrides:
+        overrides["group_size"] = parse_group_size(overrides["group_size"])
+    if "data" in overrides and "datasets" not in overrides:
+        overrides["datasets"] = None  # the new data source's own three texts
+    sweep = args.sweep or DEFAULT_SWEEP
+    if not sweep.exists():
+        raise LlmqError(f"sweep file {sweep} not found; the sweeps are in {ROOT / 'sweeps'}")
+    if args.method:  # one configuration, on the sweep's defaults
+        get_method(args.method)
+        defaults = yaml.safe_load(sweep.read_text())["defaults"]
+        return "single", [RunConfig(**{**defaults, **overrides})]
+    spec = yaml.safe_load(sweep.read_text())
+    return sweep.stem, [RunConfig(**{**spec["defaults"], **entry, **overrides}) for entry in spec["configs"]]
+
+
+def run_slug(config: RunConfig) -> str:
+    group = "channel" if config.group_size is None else f"g{config.group_size}"
+    return f"{config.model.replace('/', '_')}--{config.method}-w{config.wbits:g}a{config.abits}-{group}"
+
+
+def execute(notebook: Path, output: Path, parameters: dict) -> None:
+    import papermill
+
+    # Progress bars in a saved notebook are lines of text: update them at most every 10 s (tqdm reads TQDM_*).
+    os.environ.setdefault("TQDM_MININTERVAL", "10")
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    papermill.execute_notebook(str(notebook), str(output), parameters=parameters, kernel_name="python3",
+                               cwd=str(notebook.parent), progress_bar=False, log_output=False)
+
+
+def notebook_parameters(config: RunConfig, force: bool) -> dict:
+    values = config.to_dict()
+    return {**{k: values[k] for k in ("model", "wbits", "abits", "group_size", "symmetric", "data", "datasets",
+                                       "tasks", "limit", "ppl_windows", "seqlen", "device", "seed")},
+            "force": force}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.list:
+            for method in METHODS.values():
+                bits = ", ".join(f"{b:g}" for b in method.wbits)
+                print(f"{method.name:12s} wbits {bits:24s} abits {','.join(map(str, method.abits)):8s} {method.summary}")
+            return 0
+        sweep, configs = plan(args)
+        for config in configs:
+            config.validate()
+    except LlmqError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    runs = ROOT / "runs" / sweep
+    print(f"sweep {sweep}: {len(configs)} configurations -> {runs.relative_to(ROOT)}/")
+    for config in configs:
+        print(f"  {run_slug(config):48s} {get_method(config.method).notebook}")
+    if args.dry_run:
+        return 0
+    from tqdm.auto import tqdm
+
+    failed = []
+    for config in tqdm(configs, desc=f"sweep {sweep}", unit="config"):
+        notebook = NOTEBOOKS / get_method(config.method).notebook
+        try:
+            execute(notebook, runs / f"{run_slug(config)}.ipynb", notebook_parameters(config, args.force))
+        except Exception as error:  # a failing configuration is reported; the others go on
+            failed.append(run_slug(config))
+            tqdm.write(f"FAILED {run_slug(config)}: {str(error).strip().splitlines()[-1] if str(error).strip() else error!r}")
+    if not args.no_summary:
+        try:
+            execute(SUMMARY, runs / "summary.ipynb", {})
+            print("figures/ and paper/tables/ rebuilt from the results store")
+        except Exception as error:
+            failed.append("summary")
+            print(f"FAILED summary: {error}", file=sys.stderr)
+    if failed:
+        print(f"{len(failed)} failed: {', '.join(failed)} (executed notebooks with the error are in {runs})",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

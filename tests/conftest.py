@@ -1,0 +1,32 @@
+"""Shared fixtures: a tiny random Llama for fast tests, and the real cached model for slow ones."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture
+def tiny_llama() -> LlamaForCausalLM:
+    """Two blocks, hidden 96 (not a multiple of the group size 64 used in tests), GQA 6/2 heads."""
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=128, hidden_size=96, intermediate_size=160, num_hidden_layers=2,
+                         num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=256,
+                         tie_word_embeddings=True)
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="session")
+def cached_model():
+    """The embedded SmolLM2-135M from the asset cache (skipped when the cache is not filled)."""
+    from llmq_core import assets
+    from llmq_core.models import load_model
+
+    if not assets.status().get("smollm2-135m"):
+        pytest.skip("asset cache not filled: run `python -m llmq_core.assets fetch`")
+    return load_model("smollm2-135m")

@@ -1,0 +1,37 @@
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_environment_yml_installs_what_pyproject_declares():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = project["dependencies"] + project["optional-dependencies"]["dev"]
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert sorted(p for p in pip if not p.startswith("-e")) == sorted(declared)
+    assert "-e ." in pip
+
+
+def test_every_registered_method_has_its_notebook():
+    from llmq_core.quant import METHODS
+
+    for method in METHODS.values():
+        notebook = ROOT / "notebooks" / method.notebook
+        assert notebook.exists(), notebook
+        assert '"parameters"' in notebook.read_text(), f"{notebook} has no cell tagged parameters"
+
+
+def test_sweeps_name_registered_methods_and_valid_settings():
+    from llmq_core.experiment import RunConfig
+    from llmq_core.quant import check_spec, get_method
+
+    for sweep in (ROOT / "sweeps").glob("*.yaml"):
+        spec = yaml.safe_load(sweep.read_text())
+        for entry in spec["configs"]:
+            config = RunConfig(**{**spec["defaults"], **entry})
+            check_spec(get_method(config.method), config.spec)
+        assert re.match(r"#", sweep.read_text()), f"{sweep.name} should start with a comment saying what it is"

@@ -1,0 +1,63 @@
+import json
+
+import pytest
+
+from llmq_core.errors import LlmqError
+from llmq_core.experiment import RunConfig
+from llmq_core.results import ResultStore
+
+
+def key(**changes):
+    return {**RunConfig(method="rtn", wbits=4, group_size=128, limit=50).record_key("piqa"), **changes}
+
+
+def test_put_get_roundtrip_with_provenance(tmp_path):
+    store = ResultStore(tmp_path)
+    store.put(key(), {"acc": 0.5}, wall_time_s=1.23, device="cpu")
+    record = store.get(key())
+    assert record["metrics"] == {"acc": 0.5}
+    assert record["key"] == key()
+    for field in ("wall_time_s", "peak_memory_mb", "device", "versions", "git_commit", "created"):
+        assert field in record
+    assert "torch" in record["versions"]
+
+
+def test_never_silently_overwritten(tmp_path):
+    store = ResultStore(tmp_path)
+    store.put(key(), {"acc": 0.5}, wall_time_s=1, device="cpu")
+    with pytest.raises(LlmqError, match="--force"):
+        store.put(key(), {"acc": 0.9}, wall_time_s=1, device="cpu")
+    assert store.get(key())["metrics"]["acc"] == 0.5
+    store.put(key(), {"acc": 0.9}, wall_time_s=1, device="cpu", replace=True)
+    assert store.get(key())["metrics"]["acc"] == 0.9
+
+
+def test_every_key_field_separates_records(tmp_path):
+    store = ResultStore(tmp_path)
+    variants = [key(), key(limit=None), key(wbits=3), key(group_size=None), key(seed=1), key(target="hellaswag"),
+                key(dtype="bfloat16"), key(options={"nsamples": 8})]
+    for i, variant in enumerate(variants):
+        store.put(variant, {"acc": i}, wall_time_s=1, device="cpu")
+    assert len(store.records()) == len(variants)
+    assert [store.get(v)["metrics"]["acc"] for v in variants] == list(range(len(variants)))
+
+
+def test_a_write_killed_half_way_leaves_no_record(tmp_path):
+    store = ResultStore(tmp_path)
+    path = store.path(key())
+    path.parent.mkdir(parents=True)
+    (path.parent / "leftover.tmp").write_text('{"key": ')  # what a killed atomic write leaves behind
+    assert store.get(key()) is None and store.records() == []
+    store.put(key(), {"acc": 0.1}, wall_time_s=1, device="cpu")
+    assert json.loads(path.read_text())["metrics"]["acc"] == 0.1
+
+
+def test_pending_lists_only_what_is_missing(tmp_path):
+    store = ResultStore(tmp_path)
+    config = RunConfig(method="rtn", wbits=4, group_size=128, limit=50, ppl_windows=8, seqlen=512)
+    store.put(config.record_key("ptb"), {"ppl": 10.0}, wall_time_s=1, device="cpu")
+    store.put(config.record_key("piqa"), {"acc": 0.5}, wall_time_s=1, device="cpu")
+    assert config.pending(store) == ["enwiki-excerpt", "brown", "arc_easy", "arc_challenge", "hellaswag", "winogrande"]
+    # the zero-shot record does not depend on seqlen; the perplexity record does
+    other = RunConfig(method="rtn", wbits=4, group_size=128, limit=50, ppl_windows=8, seqlen=1024)
+    assert "piqa" not in other.pending(store) and "ptb" in other.pending(store)
