@@ -68,7 +68,9 @@ def plan(args: argparse.Namespace) -> tuple[str, list[RunConfig]]:
     if not sweep.exists():
         raise LlmqError(f"sweep file {sweep} not found; the sweeps are in {ROOT / 'sweeps'}")
     if args.method:  # one configuration, on the sweep's defaults
-        get_method(args.method)
+        method = get_method(args.method)
+        if args.wbits is None and 16 not in method.wbits:
+            raise LlmqError(f"--wbits is needed for {method.name}: one of {', '.join(f'{b:g}' for b in method.wbits)}")
         defaults = yaml.safe_load(sweep.read_text())["defaults"]
         return "single", [RunConfig(**{**defaults, **overrides})]
     spec = yaml.safe_load(sweep.read_text())
@@ -118,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {run_slug(config):48s} {get_method(config.method).notebook}")
     if args.dry_run:
         return 0
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     failed = []
     for config in tqdm(configs, desc=f"sweep {sweep}", unit="config"):
@@ -127,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
             execute(notebook, runs / f"{run_slug(config)}.ipynb", notebook_parameters(config, args.force))
         except Exception as error:  # a failing configuration is reported; the others go on
             failed.append(run_slug(config))
-            tqdm.write(f"FAILED {run_slug(config)}: {str(error).strip().splitlines()[-1] if str(error).strip() else error!r}")
+            reason = str(error).strip().splitlines()[-1] if str(error).strip() else repr(error)
+            tqdm.write(f"FAILED {run_slug(config)}: {reason}", file=sys.stderr)
     if not args.no_summary:
         try:
             execute(SUMMARY, runs / "summary.ipynb", {})

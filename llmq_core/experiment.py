@@ -12,14 +12,14 @@ from typing import Any
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llmq_core.data import HUB_TEXTS, OFFLINE_TEXTS, check_text_name, eval_tokens
 from llmq_core.errors import LlmqError
 from llmq_core.eval.perplexity import perplexity
 from llmq_core.eval.zeroshot import TASKS, check_task_name, evaluate_task
-from llmq_core.models import default_dtype
+from llmq_core.models import check_model_available, default_dtype
 from llmq_core.quant import QuantSpec, check_spec, get_method
 from llmq_core.results import ResultStore, Timer
 
@@ -74,6 +74,7 @@ class RunConfig:
     def validate(self) -> None:
         """Raise LlmqError, with how to fix it, for anything that would fail later."""
         check_spec(get_method(self.method), self.spec)
+        check_model_available(self.model)
         if self.data not in ("offline", "hub"):
             raise LlmqError(f"data must be 'offline' or 'hub', not {self.data!r}")
         for name in self.datasets:
@@ -142,6 +143,8 @@ def evaluate_and_record(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
     rows = []
     for target in config.targets():
         record = store.get(config.record_key(target))
-        rows.append({"target": target, **record["metrics"], "wall_time_s": record["wall_time_s"],
+        metrics = record["metrics"]
+        rows.append({"target": target, "ppl": metrics.get("ppl"), "acc": metrics.get("acc"),
+                     "acc_norm": metrics.get("acc_norm"), "n": metrics["n"], "wall_time_s": record["wall_time_s"],
                      "device": record["device"]})
     return pd.DataFrame(rows).set_index("target")

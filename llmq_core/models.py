@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -31,6 +32,22 @@ def resolve_model(name: str) -> str:
     if source.startswith("asset:"):
         return str(asset_path(source.removeprefix("asset:")))
     return source
+
+
+def check_model_available(name: str) -> None:
+    """Fail early, with how to fix it, for a model that cannot be loaded here."""
+    source = resolve_model(name)  # an offline asset that is not cached raises here
+    if Path(source).is_dir():
+        return
+    if "/" not in source:
+        raise LlmqError(f"unknown model {name!r}: not a short name ({', '.join(MODELS)}), a hub id (org/name) "
+                        "or a local folder")
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(source, "config.json"), str):
+            raise LlmqError(f"model {name!r} is not in the Hugging Face cache and the hub is off (HF_HUB_OFFLINE=1): "
+                            "download it on a connected machine first, or use the embedded model smollm2-135m")
 
 
 def load_model(name: str, device: str = "cpu", dtype: torch.dtype | None = None

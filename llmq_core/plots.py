@@ -22,12 +22,15 @@ def setting_label(table: pd.DataFrame) -> pd.Series:
 
 def _lines_vs_bits(table: pd.DataFrame, columns: list[str], ylabel: str, log: bool, title: str,
                    reference: dict[str, float] | None = None) -> plt.Figure:
+    """One panel per column (at most 3 a row): a line per method setting, FP16 dashed, chance dotted."""
     quantized = table[table["method"] != "FP16"].assign(setting=setting_label)
     baseline = table[table["method"] == "FP16"]
-    fig, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 3.6), squeeze=False)
-    for ax, column in zip(axes[0], columns):
+    ncols = min(3, len(columns))
+    nrows = -(-len(columns) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.6 * nrows), squeeze=False)
+    for ax, column in zip(axes.flat, columns):
         sns.lineplot(data=quantized, x="wbits", y=column, hue="setting", style="setting", markers=True,
-                     dashes=False, ax=ax, legend=ax is axes[0][-1])
+                     dashes=False, ax=ax, legend=True)
         for value in baseline[column].dropna():
             ax.axhline(value, color="black", linestyle="--", linewidth=1, label="FP16")
         if reference and column in reference:
@@ -36,25 +39,31 @@ def _lines_vs_bits(table: pd.DataFrame, columns: list[str], ylabel: str, log: bo
         if log:
             ax.set_yscale("log")
         ax.set_xticks(sorted(quantized["wbits"].unique()))
-    handles, labels = axes[0][-1].get_legend_handles_labels()
-    if axes[0][-1].get_legend():
-        axes[0][-1].get_legend().remove()
-    unique = dict(zip(labels, handles))
-    fig.legend(unique.values(), unique.keys(), loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    legend = {}
+    for ax in axes.flat:
+        handles, labels = ax.get_legend_handles_labels()
+        legend.update(zip(labels, handles))
+        if ax.get_legend():
+            ax.get_legend().remove()
+    for ax in axes.flat[len(columns):]:
+        ax.axis("off")
+    fig.legend(legend.values(), legend.keys(), loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     fig.suptitle(title)
     fig.tight_layout()
     return fig
 
 
 def plot_perplexity_vs_bits(table: pd.DataFrame, texts: list[str], path: Path, model: str) -> None:
+    sizes = ", ".join(sorted(set(table["ppl_eval"].dropna()) - {""}))
     fig = _lines_vs_bits(table, texts, "perplexity (log)", log=True,
-                         title=f"{model}: perplexity vs weight bits (dashed: FP16)")
+                         title=f"{model}: perplexity vs weight bits ({sizes or 'no texts'} tokens)")
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
 def plot_accuracy_vs_bits(table: pd.DataFrame, tasks: list[str], path: Path, model: str) -> None:
+    sizes = ", ".join(sorted(set(table["task_eval"].dropna()) - {""}))
     fig = _lines_vs_bits(table, tasks, "accuracy (%)", log=False, reference=CHANCE,
-                         title=f"{model}: zero-shot accuracy vs weight bits (dashed: FP16, dotted: chance)")
+                         title=f"{model}: zero-shot accuracy vs weight bits ({sizes or 'no tasks'})")
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)

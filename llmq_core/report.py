@@ -115,8 +115,8 @@ def _format(value: Any) -> str:
     if isinstance(value, float):
         if pd.isna(value):
             return ""
-        if value >= 1000:
-            return f"{value:.1e}"
+        if value >= 1000:  # the paper's style: 2.2e3
+            return f"{value:.1e}".replace("e+0", "e").replace("e+", "e")
         return f"{value:.2f}" if value < 100 else f"{value:.1f}"
     return "" if value is None or (not isinstance(value, str) and pd.isna(value)) else str(value)
 

@@ -11,7 +11,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 # Positions whose logits are materialised at once: a 128k vocabulary at seqlen 2048 in fp32
 # would be a GB per sequence, and only the log-sum-exp and one entry per row are needed.

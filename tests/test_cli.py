@@ -1,0 +1,66 @@
+"""run_all.py's command line: bad input ends with one line that says how to fix it, never a traceback."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+import run_all  # noqa: E402
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--method", "nope"], "unknown method 'nope'"),
+    (["--method", "rtn", "--wbits", "9"], "rtn does not support wbits=9"),
+    (["--method", "rtn", "--wbits", "0"], "rtn does not support wbits=0"),
+    (["--method", "rtn"], "--wbits is needed for rtn: one of 1, 2, 3, 4, 5, 6, 7, 8"),
+    (["--method", "rtn", "--wbits", "4", "--group-size", "x"], "group size must be a positive integer, or 'channel'"),
+    (["--method", "rtn", "--wbits", "4", "--group-size", "-128"], "group size must be a positive integer"),
+    (["--method", "rtn", "--wbits", "4", "--model", "nosuchmodel"], "unknown model 'nosuchmodel'"),
+    (["--method", "rtn", "--wbits", "4", "--model", "meta-llama/Not-A-Model"], "not in the Hugging Face cache"),
+    (["--method", "rtn", "--wbits", "4", "--datasets", "wikitext2"], "use --data hub"),
+    (["--method", "rtn", "--wbits", "4", "--tasks", "mmlu_pro"], "unknown task 'mmlu_pro'"),
+    (["--method", "rtn", "--wbits", "4", "--limit", "0"], "limit must be a positive integer"),
+    (["--sweep", "sweeps/none.yaml"], "sweep file sweeps/none.yaml not found"),
+])
+def test_bad_input_is_one_line_without_traceback(args, message, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert run_all.main([*args, "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ")
+
+
+def test_missing_offline_cache_says_how_to_fill_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("LLMQ_CACHE", str(tmp_path))
+    assert run_all.main(["--dry-run"]) == 2
+    assert "python -m llmq_core.assets fetch" in capsys.readouterr().err
+
+
+def test_dry_run_prints_the_quick_plan(cached_model, capsys):
+    assert run_all.main(["--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "sweep quick: 7 configurations" in out and "smollm2-135m--rtn-w2a16-g128" in out
+
+
+def test_list_from_the_shell_prints_each_method_with_its_bits():
+    result = subprocess.run([sys.executable, "run_all.py", "--list"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    lines = {line.split()[0]: line for line in result.stdout.splitlines()}
+    assert "1, 2, 3, 4, 5, 6, 7, 8" in lines["rtn"] and "16" in lines["fp16"]
+
+
+def test_a_failing_configuration_is_reported_and_the_others_go_on(cached_model, monkeypatch, capsys, tmp_path):
+    ran = []
+
+    def fake_execute(notebook, output, parameters):
+        ran.append(parameters["wbits"])
+        if parameters["wbits"] == 4:
+            raise RuntimeError("boom")
+
+    monkeypatch.setattr(run_all, "execute", fake_execute)
+    assert run_all.main(["--no-summary"]) == 1
+    assert ran == [16, 8, 4, 4, 3, 3, 2]
+    assert "FAILED smollm2-135m--rtn-w4a16-g128: boom" in capsys.readouterr().err

@@ -1,0 +1,57 @@
+"""End to end on the embedded model with tiny sizes: quantize, evaluate, record, reuse."""
+
+import math
+
+import pytest
+import torch
+
+from llmq_core.data import calibration_windows, eval_tokens
+from llmq_core.errors import LlmqError
+from llmq_core.experiment import RunConfig, evaluate_and_record, quantize_model
+from llmq_core.models import load_model
+from llmq_core.results import ResultStore
+
+
+def test_ptb_is_the_test_split_joined_with_spaces(cached_model):
+    _, tokenizer = cached_model
+    tokens = eval_tokens("ptb", tokenizer)
+    assert tokens.shape[0] == 1 and 80_000 < tokens.shape[1] < 200_000
+    assert tokenizer.decode(tokens[0, :8]).startswith("no it was n't black monday")
+
+
+def test_calibration_windows_are_seeded_random_windows(cached_model):
+    _, tokenizer = cached_model
+    a = calibration_windows("enwiki-excerpt", tokenizer, nsamples=4, seqlen=64, seed=0)
+    assert a.shape == (4, 64)
+    assert torch.equal(a, calibration_windows("enwiki-excerpt", tokenizer, nsamples=4, seqlen=64, seed=0))
+    assert not torch.equal(a, calibration_windows("enwiki-excerpt", tokenizer, nsamples=4, seqlen=64, seed=1))
+
+
+def test_hub_only_texts_are_refused_offline(cached_model):
+    with pytest.raises(LlmqError, match="--data hub"):
+        eval_tokens("c4", cached_model[1])
+
+
+def test_quantize_evaluate_record_and_reuse(cached_model, tmp_path, monkeypatch):
+    store = ResultStore(tmp_path)
+    config = RunConfig(method="rtn", wbits=2, group_size=128, datasets=["ptb"], tasks=["winogrande"], limit=4,
+                       ppl_windows=2, seqlen=128)
+    config.validate()
+    model, tokenizer = load_model("smollm2-135m")
+    report = quantize_model(model, config)
+    # an fp16 scale and a 2-bit zero per group: 2 + 5 * 18 / 576 for 576-wide rows, 2 + 12 * 18 / 1536 for 1536
+    assert 2 + 12 * 18 / 1536 < report["avg_bits"] < 2 + 5 * 18 / 576
+    results = evaluate_and_record(model, tokenizer, config, report, store)
+    assert set(results.index) == {"ptb", "winogrande"} and results.loc["winogrande", "n"] == 4
+    fp16 = RunConfig(method="fp16", datasets=["ptb"], tasks=[], ppl_windows=2, seqlen=128)
+    baseline = evaluate_and_record(cached_model[0], tokenizer, fp16, {}, store)
+    assert results.loc["ptb", "ppl"] > 2 * baseline.loc["ptb", "ppl"]  # 2-bit RTN collapses
+    assert math.isfinite(baseline.loc["ptb", "ppl"])
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a stored result was recomputed")
+
+    monkeypatch.setattr("llmq_core.experiment.perplexity", must_not_run)
+    monkeypatch.setattr("llmq_core.experiment.evaluate_task", must_not_run)
+    again = evaluate_and_record(model, tokenizer, config, report, store)
+    assert again.loc["ptb", "ppl"] == results.loc["ptb", "ppl"]

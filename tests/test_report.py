@@ -1,0 +1,36 @@
+import math
+
+from llmq_core.experiment import RunConfig
+from llmq_core.report import best_records, ptq_table, to_markdown
+
+
+def record(config: RunConfig, target: str, value: float, device: str = "cpu") -> dict:
+    key = config.record_key(target)
+    metrics = {"ppl": value} if key["kind"] == "perplexity" else {"acc": value}
+    return {"key": key, "metrics": metrics, "device": device}
+
+
+def test_a_full_evaluation_is_preferred_over_a_limited_one():
+    limited = RunConfig(method="rtn", wbits=4, group_size=128, limit=50, ppl_windows=8, seqlen=512)
+    full = RunConfig(method="rtn", wbits=4, group_size=128, seqlen=512)
+    chosen = best_records([record(limited, "ptb", 30.0), record(full, "ptb", 25.0, "H100"),
+                           record(limited, "piqa", 0.6)])
+    assert sorted((r["key"]["target"], r["key"]["limit"]) for r in chosen) == [("piqa", 50), ("ptb", None)]
+
+
+def test_table_has_the_paper_columns_eval_sizes_and_the_paper_number_for_llama3():
+    tasks = ["piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande"]
+    ours = RunConfig(model="smollm2-135m", method="rtn", wbits=4, group_size=128, limit=50, ppl_windows=8, seqlen=512)
+    llama = RunConfig(model="llama3-8b", method="rtn", wbits=4, group_size=128, data="hub", seqlen=2048,
+                      datasets=["wikitext2"], tasks=[])
+    records = [record(ours, t, 0.5) for t in ["enwiki-excerpt", "brown", "ptb", *tasks]]
+    records.append(record(llama, "wikitext2", 8.4, "NVIDIA H100"))
+    table = ptq_table(records).set_index("model")
+    assert list(table.columns[:4]) == ["method", "wbits", "abits", "group_size"]
+    small = table.loc["smollm2-135m"]
+    assert small["piqa"] == 50.0 and small["avg"] == 50.0
+    assert small["task_eval"] == "limit=50" and small["ppl_eval"] == "8 windows x 512"
+    big = table.loc["LLaMA3-8B"]
+    assert big["wikitext2"] == 8.4 and big["paper_wikitext2"] == 8.5 and big["device"] == "NVIDIA H100"
+    assert math.isnan(small["paper_wikitext2"])
+    assert "| RTN | 4.0 |" in to_markdown(table.reset_index()) or "| RTN | 4 |" in to_markdown(table.reset_index())
