@@ -16,7 +16,7 @@ import pandas as pd
 from llmq_core.data import HUB_TEXTS, OFFLINE_TEXTS, PAPER_COLUMN
 from llmq_core.eval.zeroshot import TASKS
 from llmq_core.models import PAPER_NAMES
-from llmq_core.quant import get_method
+from llmq_core.quant import METHODS, get_method
 
 CONFIG_COLUMNS = ["model", "method", "wbits", "abits", "group_size"]
 PAPER_PTQ = Path(__file__).resolve().parent.parent / "paper" / "reference" / "paper_ptq.csv"
@@ -74,8 +74,7 @@ def ptq_table(records: list[dict[str, Any]]) -> pd.DataFrame:
     table["task_eval"] = [_eval_size(keys[c], "zeroshot") for c in rows]
     table["device"] = ["; ".join(sorted(row.pop("devices"))) for row in rows.values()]
     table = table.drop(columns="devices")
-    texts = [t for t in (*OFFLINE_TEXTS, *HUB_TEXTS) if t in table and t not in TASKS]
-    texts = list(dict.fromkeys(texts))
+    texts = [t for t in dict.fromkeys((*OFFLINE_TEXTS, *HUB_TEXTS)) if t in table]
     tasks = [t for t in TASKS if t in table]
     if len(tasks) == len(TASKS):
         table["avg"] = table[tasks].mean(axis=1, skipna=False)
@@ -88,11 +87,8 @@ def ptq_table(records: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def _method_order(column: pd.Series) -> pd.Series:
-    if column.name == "method":  # FP16 first, then as registered
-        from llmq_core.quant import METHODS
-
-        order = {m.paper_name: i for i, m in enumerate(METHODS.values())}
-        return column.map(order)
+    if column.name == "method":  # FP16 first, then in the order the methods are registered
+        return column.map({m.paper_name: i for i, m in enumerate(METHODS.values())})
     return column
 
 
@@ -101,13 +97,13 @@ def _add_paper_columns(table: pd.DataFrame, measured: list[str]) -> pd.DataFrame
     if not set(table["model"]) & set(PAPER_NAMES.values()):
         return table
     paper = pd.read_csv(PAPER_PTQ)
-    paper["group_size"] = paper["group_size"].astype("Int64")
-    merged = table.assign(group_size=table["group_size"].astype("Int64"))
+    paper = paper.astype({"wbits": float, "abits": int, "group_size": "Int64"})
+    merged = table.astype({"wbits": float, "abits": int, "group_size": "Int64"})
     wanted = {PAPER_COLUMN.get(c, c) for c in measured}
     renamed = paper[CONFIG_COLUMNS + [c for c in paper.columns if c in wanted]].rename(
         columns={c: f"paper_{c}" for c in paper.columns if c in wanted})
     merged = merged.merge(renamed, on=CONFIG_COLUMNS, how="left")
-    merged["group_size"] = table["group_size"].values
+    merged[["wbits", "group_size"]] = table[["wbits", "group_size"]].values
     return merged
 
 
