@@ -22,7 +22,7 @@ PAPER_NAMES: dict[str, str] = {"llama3-8b": "LLaMA3-8B", "llama3-70b": "LLaMA3-7
 
 
 def default_dtype(device: str) -> torch.dtype:
-    """fp32 on CPU (exact, and no slower than bf16 on 2 cores); bf16 on GPU, as the paper's fp16."""
+    """fp32 on CPU (exact, and faster than bf16 there: bench/cpu_eval.py); bf16 on GPU, as the paper's fp16."""
     return torch.float32 if device == "cpu" else torch.bfloat16
 
 

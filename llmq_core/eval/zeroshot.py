@@ -40,7 +40,7 @@ def task_config_dir() -> Path:
 
 @functools.lru_cache(maxsize=1)
 def _task_manager():
-    """Only our five tasks: indexing the thousands lm-eval ships takes ~9 s (ours include theirs by path)."""
+    """Only our five tasks (they include lm-eval's by path): indexing all it ships takes seconds (bench/cpu_eval.py)."""
     from lm_eval.tasks import TaskManager
 
     return TaskManager(include_path=str(task_config_dir()), include_defaults=False)
