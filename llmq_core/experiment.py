@@ -58,6 +58,9 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         self.group_size = parse_group_size(self.group_size)
+        # 4 and 4.0 must give one record key: the CLI parses floats, YAML keeps ints; 1.7 stays 1.7.
+        if isinstance(self.wbits, float) and self.wbits.is_integer():
+            self.wbits = int(self.wbits)
         if self.datasets is None:
             self.datasets = list(OFFLINE_TEXTS if self.data == "offline" else HUB_TEXTS)
         if self.method == "fp16":

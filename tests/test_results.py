@@ -61,3 +61,9 @@ def test_pending_lists_only_what_is_missing(tmp_path):
     # the zero-shot record does not depend on seqlen; the perplexity record does
     other = RunConfig(method="rtn", wbits=4, group_size=128, limit=50, ppl_windows=8, seqlen=1024)
     assert "piqa" not in other.pending(store) and "ptb" in other.pending(store)
+
+
+def test_bits_given_as_float_or_int_share_one_record():
+    from_cli, from_yaml = RunConfig(method="rtn", wbits=4.0), RunConfig(method="rtn", wbits=4)
+    assert from_cli.record_key("ptb") == from_yaml.record_key("ptb")
+    assert RunConfig(method="rtn", wbits=1.7).wbits == 1.7
