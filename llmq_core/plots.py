@@ -25,12 +25,18 @@ def _lines_vs_bits(table: pd.DataFrame, columns: list[str], ylabel: str, log: bo
     """One panel per column (at most 3 a row): a line per method setting, FP16 dashed, chance dotted."""
     quantized = table[table["method"] != "FP16"].assign(setting=setting_label)
     baseline = table[table["method"] == "FP16"]
+    settings = list(dict.fromkeys(quantized["setting"]))
+    palette = dict(zip(settings, sns.color_palette(n_colors=len(settings))))
     ncols = min(3, len(columns))
     nrows = -(-len(columns) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.6 * nrows), squeeze=False)
     for ax, column in zip(axes.flat, columns):
         sns.lineplot(data=quantized, x="wbits", y=column, hue="setting", style="setting", markers=True,
-                     dashes=False, ax=ax, legend=True)
+                     dashes=False, ax=ax, legend=True, palette=palette)
+        if f"stderr_{column}" in quantized:  # +-1 standard error of an accuracy
+            for setting, rows in quantized.groupby("setting"):
+                ax.errorbar(rows["wbits"], rows[column], yerr=rows[f"stderr_{column}"], fmt="none",
+                            ecolor=palette[setting], capsize=3, alpha=0.6)
         for value in baseline[column].dropna():
             ax.axhline(value, color="black", linestyle="--", linewidth=1, label="FP16")
         if reference and column in reference:
@@ -64,6 +70,6 @@ def plot_perplexity_vs_bits(table: pd.DataFrame, texts: list[str], path: Path, m
 def plot_accuracy_vs_bits(table: pd.DataFrame, tasks: list[str], path: Path, model: str) -> None:
     sizes = ", ".join(sorted(set(table["task_eval"].dropna()) - {""}))
     fig = _lines_vs_bits(table, tasks, "accuracy (%)", log=False, reference=CHANCE,
-                         title=f"{model}: zero-shot accuracy vs weight bits ({sizes or 'no tasks'})")
+                         title=f"{model}: zero-shot accuracy vs weight bits ({sizes or 'no tasks'}; bars: +-1 s.e.)")
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)

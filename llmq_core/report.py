@@ -66,7 +66,11 @@ def ptq_table(records: list[dict[str, Any]]) -> pd.DataFrame:
             "group_size": key["group_size"], "devices": set()})
         keys.setdefault(config, []).append(key)
         row["devices"].add(record["device"])
-        row[key["target"]] = metrics["acc"] * 100 if key["kind"] == "zeroshot" else metrics["ppl"]
+        if key["kind"] == "zeroshot":
+            row[key["target"]] = metrics["acc"] * 100
+            row[f"stderr_{key['target']}"] = metrics.get("acc_stderr", float("nan")) * 100
+        else:
+            row[key["target"]] = metrics["ppl"]
     table = pd.DataFrame(list(rows.values()))
     if table.empty:
         return table
@@ -82,8 +86,9 @@ def ptq_table(records: list[dict[str, Any]]) -> pd.DataFrame:
     table = table.sort_values(["model", "method", "group_size", "wbits"], ascending=[True, True, True, False],
                               na_position="first", key=_method_order)
     paper = [c for c in table.columns if c.startswith("paper_")]
+    stderr = [f"stderr_{t}" for t in tasks]
     columns = CONFIG_COLUMNS + texts + tasks + (["avg"] if "avg" in table else []) + ["ppl_eval", "task_eval", "device"]
-    return table[columns + paper].reset_index(drop=True)
+    return table[columns + paper + stderr].reset_index(drop=True)
 
 
 def _method_order(column: pd.Series) -> pd.Series:
@@ -122,9 +127,14 @@ def to_markdown(table: pd.DataFrame) -> str:
     return header + "".join("| " + " | ".join(_format(v) for v in row) + " |\n" for row in table.itertuples(index=False))
 
 
+def readable(table: pd.DataFrame) -> pd.DataFrame:
+    """The table for reading: no standard-error columns, per-channel as an empty group size."""
+    shown = table.drop(columns=[c for c in table.columns if c.startswith("stderr_")])
+    return shown.assign(group_size=shown["group_size"].astype("Int64")).astype(object).where(shown.notna(), None)
+
+
 def write_ptq_tables(table: pd.DataFrame, out_dir: Path, preamble: str = "") -> None:
-    """paper/tables/ptq.csv (full precision numbers) and ptq.md (rounded, for reading)."""
+    """paper/tables/ptq.csv (full precision, with the accuracies' standard errors) and ptq.md (rounded, for reading)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    csv = table.assign(group_size=table["group_size"].astype("Int64"))
-    csv.to_csv(out_dir / "ptq.csv", index=False)
-    (out_dir / "ptq.md").write_text(preamble + to_markdown(csv.astype(object).where(csv.notna(), None)))
+    table.assign(group_size=table["group_size"].astype("Int64")).to_csv(out_dir / "ptq.csv", index=False)
+    (out_dir / "ptq.md").write_text(preamble + to_markdown(readable(table)))
