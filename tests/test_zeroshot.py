@@ -10,9 +10,7 @@ from llmq_core.eval import zeroshot
 
 @pytest.fixture(scope="module")
 def tasks(cached_model):
-    from lm_eval.tasks import get_task_dict
-
-    return get_task_dict([f"llmq_{t}" for t in zeroshot.TASKS], zeroshot._task_manager())
+    return zeroshot._task_manager().load([f"llmq_{t}" for t in zeroshot.TASKS])["tasks"]
 
 
 def first_docs(task, n=3):
