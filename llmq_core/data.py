@@ -46,7 +46,8 @@ def _hub_text(name: str, split: str) -> str:
         return "\n\n".join(load_dataset("wikitext", "wikitext-2-raw-v1", split=split)["text"])
     if name == "ptb":
         return " ".join(load_dataset("ptb_text_only", "penn_treebank", split=split)["sentence"])
-    raise ValueError(name)
+    raise LlmqError(f"{name!r} from the hub serves only as an evaluation text here (256 windows of its validation "
+                    "shard); calibrate on wikitext2 or ptb")
 
 
 def _c4_validation() -> list[str]:

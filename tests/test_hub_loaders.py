@@ -54,3 +54,8 @@ def test_c4_is_256_seeded_windows_of_documents_longer_than_seqlen(fake_hub):
     assert torch.equal(tokens, data.eval_tokens("c4", CharTokenizer(), source="hub", seqlen=40, seed=0))
     assert fake_hub[0][0] == "allenai/c4"
     assert fake_hub[0][3] == {"validation": "en/c4-validation.00000-of-00008.json.gz"}
+
+
+def test_c4_is_not_a_calibration_text(fake_hub):
+    with pytest.raises(data.LlmqError, match="calibrate on wikitext2 or ptb"):
+        data.calibration_windows("c4", CharTokenizer(), nsamples=2, seqlen=8, source="hub")
