@@ -1,7 +1,7 @@
 """Run the study: execute each configuration's notebook with papermill, then the summary.
 
     python run_all.py                         # the quick sweep (sweeps/quick.yaml): CPU, minutes
-    python run_all.py --sweep sweeps/full.yaml --device cuda
+    python run_all.py --device cuda           # the full sweep (sweeps/full.yaml) on a GPU: bf16, seqlen 2048, no limits
     python run_all.py --method rtn --wbits 3 --group-size 128 --limit 100   # one config, quick defaults
     python run_all.py --sweep sweeps/full.yaml --method rtn --wbits 4 --group-size 128   # one config, full size
     python run_all.py --list                  # methods and the bits they support
@@ -30,8 +30,9 @@ ROOT = Path(__file__).resolve().parent
 NOTEBOOKS = ROOT / "notebooks"
 SUMMARY = NOTEBOOKS / "summary.ipynb"
 DEFAULT_SWEEP = ROOT / "sweeps" / "quick.yaml"
+GPU_SWEEP = ROOT / "sweeps" / "full.yaml"  # the default with --device cuda: the quick sweep's limits are for CPUs
 SINGLE_CONFIG_FLAGS = ("method", "wbits", "abits", "group_size", "model", "data", "datasets", "tasks", "limit",
-                       "ppl_windows", "seqlen", "device")
+                       "ppl_windows", "seqlen", "device", "batch_size")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -50,7 +51,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--limit", type=int, help="first N documents of each zero-shot task")
     parser.add_argument("--ppl-windows", dest="ppl_windows", type=int, help="first N windows of each perplexity text")
     parser.add_argument("--seqlen", type=int)
-    parser.add_argument("--device", help="cpu or cuda")
+    parser.add_argument("--device", help="cpu or cuda (cuda alone runs sweeps/full.yaml unless --sweep is given)")
+    parser.add_argument("--batch-size", dest="batch_size", type=int, help="lm-eval batch size")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     parser.add_argument("--force", action="store_true", help="recompute and replace existing results")
     parser.add_argument("--no-summary", action="store_true", help="skip the summary notebook (figures and tables)")
@@ -64,7 +66,7 @@ def plan(args: argparse.Namespace) -> tuple[str, list[RunConfig]]:
         overrides["group_size"] = parse_group_size(overrides["group_size"])
     if "data" in overrides and "datasets" not in overrides:
         overrides["datasets"] = None  # the new data source's own three texts
-    sweep = args.sweep or DEFAULT_SWEEP
+    sweep = args.sweep or (GPU_SWEEP if (args.device or "").startswith("cuda") else DEFAULT_SWEEP)
     if not sweep.exists():
         raise LlmqError(f"sweep file {sweep} not found; the sweeps are in {ROOT / 'sweeps'}")
     if args.method:  # one configuration, on the sweep's defaults
@@ -96,7 +98,7 @@ def execute(notebook: Path, output: Path, parameters: dict) -> None:
 def notebook_parameters(config: RunConfig, force: bool) -> dict:
     values = config.to_dict()
     return {**{k: values[k] for k in ("model", "wbits", "abits", "group_size", "symmetric", "data", "datasets",
-                                       "tasks", "limit", "ppl_windows", "seqlen", "device", "seed")},
+                                       "tasks", "limit", "ppl_windows", "seqlen", "device", "seed", "batch_size")},
             "force": force}
 
 

