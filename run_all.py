@@ -53,6 +53,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seqlen", type=int)
     parser.add_argument("--device", help="cpu or cuda (cuda alone runs sweeps/full.yaml unless --sweep is given)")
     parser.add_argument("--batch-size", dest="batch_size", type=int, help="lm-eval batch size")
+    parser.add_argument("--jobs", type=int, default=1, help="configurations run at once (default 1). On a GPU "
+                        "a small model leaves it idle while lm-eval's Python runs: 4-8 jobs share it well")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     parser.add_argument("--force", action="store_true", help="recompute and replace existing results")
     parser.add_argument("--no-summary", action="store_true", help="skip the summary notebook (figures and tables)")
@@ -102,6 +104,39 @@ def notebook_parameters(config: RunConfig, force: bool) -> dict:
             "force": force}
 
 
+def run_configs(configs: list[RunConfig], runs: Path, force: bool, jobs: int = 1) -> list[str]:
+    """Execute each configuration's notebook, `jobs` at a time; the slugs of those that failed.
+
+    A failing configuration is reported and the others go on. Jobs write different records,
+    and the store writes each record atomically, so concurrent notebooks cannot clash.
+    """
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    from tqdm import tqdm
+
+    if jobs > 1:  # the kernels share the cores instead of each taking all of them
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
+
+    def run(config: RunConfig) -> str | None:
+        notebook = NOTEBOOKS / get_method(config.method).notebook
+        try:
+            execute(notebook, runs / f"{run_slug(config)}.ipynb", notebook_parameters(config, force))
+        except Exception as error:
+            return str(error).strip().splitlines()[-1] if str(error).strip() else repr(error)
+        return None
+
+    failed = []
+    with ThreadPoolExecutor(max_workers=jobs) as pool, \
+            tqdm(total=len(configs), desc=f"sweep {runs.name}", unit="config") as bar:
+        futures = {pool.submit(run, config): config for config in configs}
+        for future in as_completed(futures):
+            if future.result() is not None:
+                failed.append(run_slug(futures[future]))
+                tqdm.write(f"FAILED {run_slug(futures[future])}: {future.result()}", file=sys.stderr)
+            bar.update()
+    return failed
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -110,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
                 bits = ", ".join(f"{b:g}" for b in method.wbits)
                 print(f"{method.name:12s} wbits {bits:24s} abits {','.join(map(str, method.abits)):8s} {method.summary}")
             return 0
+        if args.jobs < 1:
+            raise LlmqError(f"--jobs must be at least 1, not {args.jobs}")
         sweep, configs = plan(args)
         for config in configs:
             config.validate()
@@ -122,17 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {run_slug(config):48s} {get_method(config.method).notebook}")
     if args.dry_run:
         return 0
-    from tqdm import tqdm
-
-    failed = []
-    for config in tqdm(configs, desc=f"sweep {sweep}", unit="config"):
-        notebook = NOTEBOOKS / get_method(config.method).notebook
-        try:
-            execute(notebook, runs / f"{run_slug(config)}.ipynb", notebook_parameters(config, args.force))
-        except Exception as error:  # a failing configuration is reported; the others go on
-            failed.append(run_slug(config))
-            reason = str(error).strip().splitlines()[-1] if str(error).strip() else repr(error)
-            tqdm.write(f"FAILED {run_slug(config)}: {reason}", file=sys.stderr)
+    failed = run_configs(configs, runs, args.force, args.jobs)
     if not args.no_summary:
         try:
             execute(SUMMARY, runs / "summary.ipynb", {})

@@ -64,3 +64,31 @@ def test_a_failing_configuration_is_reported_and_the_others_go_on(cached_model, 
     assert run_all.main(["--no-summary"]) == 1
     assert ran == [16, 8, 4, 4, 3, 3, 2]
     assert "FAILED smollm2-135m--rtn-w4a16-g128: boom" in capsys.readouterr().err
+
+
+def test_jobs_run_configurations_concurrently_each_once(cached_model, monkeypatch, capsys):
+    import threading
+    import time
+
+    lock, running, peak, ran = threading.Lock(), [0], [0], []
+
+    def fake_execute(notebook, output, parameters):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+            ran.append((parameters["wbits"], parameters["group_size"]))
+        time.sleep(0.2)
+        with lock:
+            running[0] -= 1
+
+    monkeypatch.setattr(run_all, "execute", fake_execute)
+    assert run_all.main(["--no-summary", "--jobs", "3"]) == 0
+    assert peak[0] == 3
+    assert sorted(ran, key=str) == sorted(
+        [(16, None), (8, None), (4, 128), (4, None), (3, 128), (3, None), (2, 128)], key=str)
+
+
+def test_cuda_without_a_sweep_plans_the_full_sweep(cached_model):
+    args = run_all.parse_args(["--device", "cuda"])
+    sweep, configs = run_all.plan(args)
+    assert sweep == "full" and all(c.seqlen == 2048 and c.limit is None for c in configs)
