@@ -253,7 +253,7 @@ def pip_download(requirement: str, dest: Path, python_version: str, platforms: I
 
 def collect_wheels(requirements: list[str], have: dict[str, str | None], dest: Path, python_version: str,
                    platforms: Iterable[str] = DEFAULT_PLATFORMS, exclude: Iterable[str] = (),
-                   download: Callable[..., Path] = pip_download, log: Callable[[str], None] = print) -> list[Path]:
+                   download: Callable[..., Path] | None = None, log: Callable[[str], None] = print) -> list[Path]:
     """Wheels for every requirement, recursively, that the target (`have`) lacks or has too old.
 
     A requirement the target satisfies is not followed further: its own dependencies are the
@@ -264,6 +264,7 @@ def collect_wheels(requirements: list[str], have: dict[str, str | None], dest: P
     environment = {"python_version": python_version, "python_full_version": python_version + ".0",
                    "sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64",
                    "os_name": "posix", "implementation_name": "cpython", "platform_python_implementation": "CPython"}
+    download = download or pip_download
     excluded = {canonical_name(n) for n in exclude}
     chosen: dict[str, tuple[str, Path]] = {}
     pending = [(Requirement(r), "llmq") for r in requirements]

@@ -73,3 +73,32 @@ def plot_accuracy_vs_bits(table: pd.DataFrame, tasks: list[str], path: Path, mod
                          title=f"{model}: zero-shot accuracy vs weight bits ({sizes or 'no tasks'}; bars: +-1 s.e.)")
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
+
+
+def plot_evaluation_sizes(table: pd.DataFrame, columns: list[str], path: Path, model: str) -> None:
+    """The same configurations under each evaluation (from `report.evaluations_table`): one marker
+    per evaluation, so that what the quick sweep's limits change can be seen at a glance."""
+    rows = table.assign(
+        config=table["method"] + " W" + table["wbits"].map("{:g}".format)
+        + table["group_size"].map(lambda g: "" if pd.isna(g) else f" g{int(g)}"),
+        evaluation=table["device"] + ": " + table["ppl_eval"] + ", tasks " + table["task_eval"])
+    ncols = min(4, len(columns))
+    nrows = -(-len(columns) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.4 * ncols, 3.8 * nrows), squeeze=False)
+    for ax, column in zip(axes.flat, columns):
+        sns.stripplot(data=rows, x="config", y=column, hue="evaluation", ax=ax, size=7, jitter=False, dodge=True)
+        if column in CHANCE:
+            ax.axhline(CHANCE[column], color="grey", linestyle=":", linewidth=1)
+        else:
+            ax.set_yscale("log")
+        ax.set(title=column, xlabel="", ylabel="accuracy (%)" if column in CHANCE else "perplexity (log)")
+        ax.tick_params(axis="x", rotation=60)
+        handles, labels = ax.get_legend_handles_labels()
+        ax.get_legend().remove()
+    for ax in axes.flat[len(columns):]:
+        ax.axis("off")
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), frameon=False)
+    fig.suptitle(f"{model}: each configuration under each evaluation size")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)

@@ -23,17 +23,24 @@ PAPER_PTQ = Path(__file__).resolve().parent.parent / "paper" / "reference" / "pa
 
 
 def _config_of(key: dict[str, Any]) -> tuple:
+    """What was quantized and how: the row of a table. How it was evaluated (limit, seqlen, dtype) is not."""
     return (key["model"], key["method"], key["wbits"], key["abits"], key["group_size"], key["symmetric"],
-            str(sorted(key["options"].items())), key["dtype"], key["seed"])
+            str(sorted(key["options"].items())), key["seed"])
 
 
-def _coverage(key: dict[str, Any]) -> float:
-    """How much of the set a record scored: a full evaluation beats any limited one."""
-    return float("inf") if key["limit"] is None else key["limit"]
+def _evaluation_of(record: dict[str, Any]) -> tuple:
+    key = record["key"]
+    return (record["device"], key["dtype"], key["kind"], key["limit"], key["seqlen"])
+
+
+def _coverage(key: dict[str, Any]) -> tuple[float, int]:
+    """How much of the set a record scored: a full evaluation beats any limited one, then longer windows win."""
+    return (float("inf") if key["limit"] is None else key["limit"], key["seqlen"] or 0)
 
 
 def best_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """For each configuration and target keep one record: the most complete evaluation."""
+    """For each configuration and target keep one record: the most complete evaluation (e.g. the
+    GPU's full sets at seqlen 2048 over the quick CPU sweep's first 50 documents)."""
     best: dict[tuple, dict[str, Any]] = {}
     for record in records:
         key = record["key"]
@@ -65,7 +72,7 @@ def ptq_table(records: list[dict[str, Any]]) -> pd.DataFrame:
             "method": get_method(key["method"]).paper_name, "wbits": key["wbits"], "abits": key["abits"],
             "group_size": key["group_size"], "devices": set()})
         keys.setdefault(config, []).append(key)
-        row["devices"].add(record["device"])
+        row["devices"].add(f"{record['device']}, {key['dtype']}")
         if key["kind"] == "zeroshot":
             row[key["target"]] = metrics["acc"] * 100
             row[f"stderr_{key['target']}"] = metrics.get("acc_stderr", float("nan")) * 100
@@ -89,6 +96,24 @@ def ptq_table(records: list[dict[str, Any]]) -> pd.DataFrame:
     stderr = [f"stderr_{t}" for t in tasks]
     columns = CONFIG_COLUMNS + texts + tasks + (["avg"] if "avg" in table else []) + ["ppl_eval", "task_eval", "device"]
     return table[columns + paper + stderr].reset_index(drop=True)
+
+
+def evaluations_table(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """Every evaluation of every configuration, one row each: how much the quick sweep's limits move the numbers.
+
+    Where a configuration was scored twice (the CPU quick sweep, the GPU full sweep), its rows
+    stand next to each other, with the evaluation size and device of each.
+    """
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for record in records:
+        cpu_or_gpu = (record["device"], record["key"]["dtype"])
+        groups.setdefault(cpu_or_gpu, []).append(record)
+    tables = [ptq_table(group) for group in groups.values()]
+    table = pd.concat([t for t in tables if not t.empty], ignore_index=True)
+    table = table.drop(columns=[c for c in table.columns if c.startswith("paper_")])
+    order = ["model", "method", "group_size", "wbits", "device"]
+    return table.sort_values(order, ascending=[True, True, True, False, True], na_position="first",
+                             key=_method_order).reset_index(drop=True)
 
 
 def _method_order(column: pd.Series) -> pd.Series:
@@ -133,8 +158,8 @@ def readable(table: pd.DataFrame) -> pd.DataFrame:
     return shown.assign(group_size=shown["group_size"].astype("Int64")).astype(object).where(shown.notna(), None)
 
 
-def write_ptq_tables(table: pd.DataFrame, out_dir: Path, preamble: str = "") -> None:
-    """paper/tables/ptq.csv (full precision, with the accuracies' standard errors) and ptq.md (rounded, for reading)."""
+def write_ptq_tables(table: pd.DataFrame, out_dir: Path, preamble: str = "", name: str = "ptq") -> None:
+    """<name>.csv (full precision, with the accuracies' standard errors) and <name>.md (rounded, for reading)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    table.assign(group_size=table["group_size"].astype("Int64")).to_csv(out_dir / "ptq.csv", index=False)
-    (out_dir / "ptq.md").write_text(preamble + to_markdown(readable(table)))
+    table.assign(group_size=table["group_size"].astype("Int64")).to_csv(out_dir / f"{name}.csv", index=False)
+    (out_dir / f"{name}.md").write_text(preamble + to_markdown(readable(table)))

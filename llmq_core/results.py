@@ -89,12 +89,9 @@ class ResultStore:
 
     def put(self, key: dict[str, Any], metrics: dict[str, Any], *, wall_time_s: float, device: str,
             extra: dict[str, Any] | None = None, replace: bool = False) -> dict[str, Any]:
-        """Write a record. An existing one is only replaced when `replace` is set (the sweep's --force)."""
-        path = self.path(key)
-        if path.exists() and not replace:
-            raise LlmqError(f"a result for this configuration exists already ({path}); "
-                            "pass --force (force=True) to recompute and replace it")
-        record = {
+        """Record `metrics` for `key`, with how they were obtained. An existing record is only
+        replaced when `replace` is set (the sweep's --force)."""
+        return self.write({
             "key": key,
             "metrics": metrics,
             "wall_time_s": round(wall_time_s, 3),
@@ -104,7 +101,14 @@ class ResultStore:
             "git_commit": git_commit(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             **(extra or {}),
-        }
+        }, replace)
+
+    def write(self, record: dict[str, Any], replace: bool = False) -> dict[str, Any]:
+        """Store a complete record as it is (also one measured elsewhere, e.g. on a GPU node)."""
+        path = self.path(record["key"])
+        if path.exists() and not replace:
+            raise LlmqError(f"a result for this configuration exists already ({path}); "
+                            "pass --force (force=True) to recompute and replace it")
         path.parent.mkdir(parents=True, exist_ok=True)
         # Write beside the target, then rename: a killed run leaves the old record or the new one, never half.
         with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:

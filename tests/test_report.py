@@ -1,7 +1,7 @@
 import math
 
 from llmq_core.experiment import RunConfig
-from llmq_core.report import best_records, ptq_table, to_markdown
+from llmq_core.report import best_records, evaluations_table, ptq_table, to_markdown
 
 
 def record(config: RunConfig, target: str, value: float, device: str = "cpu") -> dict:
@@ -31,6 +31,30 @@ def test_table_has_the_paper_columns_eval_sizes_and_the_paper_number_for_llama3(
     assert small["piqa"] == 50.0 and small["avg"] == 50.0
     assert small["task_eval"] == "limit=50" and small["ppl_eval"] == "8 windows x 512"
     big = table.loc["LLaMA3-8B"]
-    assert big["wikitext2"] == 8.4 and big["paper_wikitext2"] == 8.5 and big["device"] == "NVIDIA H100"
+    assert big["wikitext2"] == 8.4 and big["paper_wikitext2"] == 8.5 and big["device"] == "NVIDIA H100, float32"
     assert math.isnan(small["paper_wikitext2"])
     assert "| RTN | 4.0 |" in to_markdown(table.reset_index()) or "| RTN | 4 |" in to_markdown(table.reset_index())
+
+
+def test_the_gpu_full_sweep_replaces_the_cpu_quick_row_and_both_stay_in_the_evaluations_table():
+    quick = RunConfig(method="rtn", wbits=3, limit=50, ppl_windows=8, seqlen=512, device="cpu")
+    full = RunConfig(method="rtn", wbits=3, seqlen=2048, device="cuda")  # bf16: another record key
+    records = [record(quick, "ptb", 400.0, "cpu (x86_64, 2 threads)"), record(full, "ptb", 300.0, "NVIDIA H100"),
+               record(quick, "piqa", 0.60, "cpu (x86_64, 2 threads)"), record(full, "piqa", 0.56, "NVIDIA H100")]
+    table = ptq_table(records)
+    assert len(table) == 1
+    row = table.iloc[0]
+    assert row["ptb"] == 300.0 and math.isclose(row["piqa"], 56.0)
+    assert (row["ppl_eval"], row["task_eval"], row["device"]) == ("full x 2048", "full", "NVIDIA H100, bfloat16")
+    both = evaluations_table(records)
+    assert sorted(both["ptb"]) == [300.0, 400.0] and sorted(both["task_eval"]) == ["full", "limit=50"]
+
+
+def test_a_full_text_at_a_shorter_window_still_beats_a_limited_one_and_longer_windows_break_ties():
+    short_full = RunConfig(method="rtn", wbits=4, seqlen=512)
+    long_limited = RunConfig(method="rtn", wbits=4, seqlen=2048, ppl_windows=8)
+    long_full = RunConfig(method="rtn", wbits=4, seqlen=2048)
+    chosen = best_records([record(long_limited, "ptb", 1.0), record(short_full, "ptb", 2.0)])
+    assert chosen[0]["metrics"]["ppl"] == 2.0
+    chosen = best_records([record(short_full, "ptb", 2.0), record(long_full, "ptb", 3.0)])
+    assert chosen[0]["metrics"]["ppl"] == 3.0

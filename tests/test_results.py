@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -67,3 +68,26 @@ def test_bits_given_as_float_or_int_share_one_record():
     from_cli, from_yaml = RunConfig(method="rtn", wbits=4.0), RunConfig(method="rtn", wbits=4)
     assert from_cli.record_key("ptb") == from_yaml.record_key("ptb")
     assert RunConfig(method="rtn", wbits=1.7).wbits == 1.7
+
+
+def test_collecting_gpu_records_adds_new_ones_and_never_overwrites_a_different_one(tmp_path, monkeypatch):
+    import importlib.util
+    import tarfile
+
+    spec = importlib.util.spec_from_file_location("collect", Path(__file__).parents[1] / "bench/lent_gpu/collect.py")
+    collect = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(collect)
+    remote, local = ResultStore(tmp_path / "remote" / "results"), ResultStore(tmp_path / "local")
+    monkeypatch.setenv("LLMQ_RESULTS", str(tmp_path / "local"))
+    config = RunConfig(method="rtn", wbits=4)
+    local.put(config.record_key("ptb"), {"ppl": 10.0}, wall_time_s=1.0, device="cpu")
+    remote.put(config.record_key("ptb"), {"ppl": 11.0}, wall_time_s=1.0, device="cpu")  # differs
+    remote.put(config.record_key("brown"), {"ppl": 20.0}, wall_time_s=1.0, device="cpu")  # new
+    archive = tmp_path / "results.tgz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "remote" / "results", "results")
+    assert collect.main([str(archive)]) == 1
+    assert local.get(config.record_key("ptb"))["metrics"]["ppl"] == 10.0
+    assert local.get(config.record_key("brown"))["metrics"]["ppl"] == 20.0
+    assert collect.main([str(archive), "--replace"]) == 0
+    assert local.get(config.record_key("ptb"))["metrics"]["ppl"] == 11.0

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Runs on an air-gapped GPU machine (the lent H100 here) inside a copy of this repository.
+# A transfer that takes at most ~64 MiB needs the bundle in several calls, so each call first
+# stashes the parts it carried in $STASH; the call that completes the bundle unpacks it and runs:
+#
+#   bash bench/lent_gpu/run_sweep.sh stash                           # a call that carries some parts
+#   LLMQ_GIT_COMMIT=<hash> bash bench/lent_gpu/run_sweep.sh run ARGS  # the rest: run_all.py --no-summary ARGS
+#
+# The new records come back in $OUT/results.tgz; `python bench/lent_gpu/collect.py` adds them to results/.
+set -euo pipefail
+STASH=${STASH:-/tmp/llmq-bundle}
+mkdir -p "$STASH"
+for part in .bundle/part-* .bundle/manifest.json; do
+    if [ -e "$part" ]; then cp "$part" "$STASH/"; fi
+done
+if [ "${1:-}" = stash ]; then ls -l "$STASH"; exit 0; fi
+[ "${1:-}" = run ] || { echo "usage: $0 stash | run RUN_ALL_ARGS..." >&2; exit 2; }
+shift
+: "${LLMQ_GIT_COMMIT:?set LLMQ_GIT_COMMIT to the commit of this working tree (git rev-parse HEAD where it came from)}"
+export LLMQ_GIT_COMMIT HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+export LLMQ_RESULTS=/tmp/llmq/results LLMQ_OUTPUT=/tmp/llmq/out  # outside the tree, which each call replaces
+mkdir -p "$LLMQ_RESULTS" "$LLMQ_OUTPUT"
+cp -rn results/. "$LLMQ_RESULTS/"  # what is already measured is not measured again
+if [ ! -d /tmp/site ]; then
+    python3 -m llmq_core.assets unbundle "$STASH" --wheels-target /tmp/site 2>&1 | grep -v "de-quantizing"
+fi
+export PYTHONPATH="/tmp/site:$PWD"
+status=0
+timeout "${SWEEP_TIMEOUT:-500}" python3 run_all.py --no-summary "$@" 2>&1 | grep -v IPKernelApp || status=$?
+tar czf "${OUT:-/tmp}/results.tgz" -C /tmp/llmq results -C "$PWD" runs
+exit "$status"
