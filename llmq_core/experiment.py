@@ -54,7 +54,7 @@ class RunConfig:
     seqlen: int = 2048
     seed: int = 0
     device: str = "cpu"
-    batch_size: int = 16  # lm-eval batch size; does not change the numbers
+    batch_size: int = 16  # lm-eval batch size; changes the numbers only by floating-point rounding
 
     def __post_init__(self) -> None:
         self.group_size = parse_group_size(self.group_size)

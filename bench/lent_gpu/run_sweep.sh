@@ -20,7 +20,8 @@ shift
 export LLMQ_GIT_COMMIT HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 export LLMQ_RESULTS=/tmp/llmq/results LLMQ_OUTPUT=/tmp/llmq/out  # outside the tree, which each call replaces
 mkdir -p "$LLMQ_RESULTS" "$LLMQ_OUTPUT"
-cp -rn results/. "$LLMQ_RESULTS/"  # what is already measured is not measured again
+# what is already measured is not measured again (cp -n is --update=none in newer coreutils)
+cp -r --update=none results/. "$LLMQ_RESULTS/" 2>/dev/null || cp -rn results/. "$LLMQ_RESULTS/"
 if [ ! -d /tmp/site ]; then
     python3 -m llmq_core.assets unbundle "$STASH" --wheels-target /tmp/site 2>&1 | grep -v "de-quantizing"
 fi
