@@ -32,7 +32,7 @@ SUMMARY = NOTEBOOKS / "summary.ipynb"
 DEFAULT_SWEEP = ROOT / "sweeps" / "quick.yaml"
 GPU_SWEEP = ROOT / "sweeps" / "full.yaml"  # the default with --device cuda: the quick sweep's limits are for CPUs
 SINGLE_CONFIG_FLAGS = ("method", "wbits", "abits", "group_size", "model", "data", "datasets", "tasks", "limit",
-                       "ppl_windows", "seqlen", "device", "batch_size")
+                       "ppl_windows", "seqlen", "device", "batch_size", "calibration", "nsamples", "calib_seqlen")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -53,6 +53,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seqlen", type=int)
     parser.add_argument("--device", help="cpu or cuda (cuda alone runs sweeps/full.yaml unless --sweep is given)")
     parser.add_argument("--batch-size", dest="batch_size", type=int, help="lm-eval batch size")
+    parser.add_argument("--calibration", help="calibration text of the methods that need one")
+    parser.add_argument("--nsamples", type=int, help="calibration windows (the paper: 128)")
+    parser.add_argument("--calib-seqlen", dest="calib_seqlen", type=int, help="tokens per calibration window")
     parser.add_argument("--jobs", type=int, default=1, help="configurations run at once (default 1). On a GPU "
                         "a small model leaves it idle while lm-eval's Python runs: 4-8 jobs share it well")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
@@ -83,7 +86,8 @@ def plan(args: argparse.Namespace) -> tuple[str, list[RunConfig]]:
 
 def run_slug(config: RunConfig) -> str:
     group = "channel" if config.group_size is None else f"g{config.group_size}"
-    return f"{config.model.replace('/', '_')}--{config.method}-w{config.wbits:g}a{config.abits}-{group}"
+    options = "".join(f"-{k}" if v is True else f"-{k}={v}" for k, v in sorted(config.options.items()))
+    return f"{config.model.replace('/', '_')}--{config.method}-w{config.wbits:g}a{config.abits}-{group}{options}"
 
 
 def execute(notebook: Path, output: Path, parameters: dict) -> None:
@@ -98,10 +102,15 @@ def execute(notebook: Path, output: Path, parameters: dict) -> None:
 
 
 def notebook_parameters(config: RunConfig, force: bool) -> dict:
+    """What the notebook's `parameters` cell receives; calibration and options only where the method has them."""
     values = config.to_dict()
-    return {**{k: values[k] for k in ("model", "wbits", "abits", "group_size", "symmetric", "data", "datasets",
-                                       "tasks", "limit", "ppl_windows", "seqlen", "device", "seed", "batch_size")},
-            "force": force}
+    names = ["model", "wbits", "abits", "group_size", "symmetric", "data", "datasets", "tasks", "limit",
+             "ppl_windows", "seqlen", "device", "seed", "batch_size"]
+    if config.needs_calibration:
+        names += ["calibration", "nsamples", "calib_seqlen"]
+    if config.options:
+        names.append("options")
+    return {**{k: values[k] for k in names}, "force": force}
 
 
 def run_configs(configs: list[RunConfig], runs: Path, force: bool, jobs: int = 1) -> list[str]:
@@ -144,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
             for method in METHODS.values():
                 bits = ", ".join(f"{b:g}" for b in method.wbits)
                 print(f"{method.name:12s} wbits {bits:24s} abits {','.join(map(str, method.abits)):8s} {method.summary}")
+                if method.options:
+                    print(f"{'':12s} options: {', '.join(f'{k}={v!r}' for k, v in method.options.items())}")
             return 0
         if args.jobs < 1:
             raise LlmqError(f"--jobs must be at least 1, not {args.jobs}")

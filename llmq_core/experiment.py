@@ -15,13 +15,13 @@ import torch
 from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from llmq_core.data import HUB_TEXTS, OFFLINE_TEXTS, check_text_name, eval_tokens
+from llmq_core.data import HUB_TEXTS, OFFLINE_TEXTS, calibration_windows, check_text_name, eval_tokens
 from llmq_core.errors import LlmqError
 from llmq_core.eval.perplexity import perplexity
 from llmq_core.eval.zeroshot import TASKS, check_task_name, evaluate_task
 from llmq_core.models import check_model_available, default_dtype
-from llmq_core.quant import QuantSpec, check_spec, get_method
-from llmq_core.results import ResultStore, Timer
+from llmq_core.quant import METHODS, QuantSpec, check_spec, get_method
+from llmq_core.results import ResultStore, Timer, peak_memory_mb
 
 
 def parse_group_size(value: Any) -> int | None:
@@ -54,6 +54,12 @@ class RunConfig:
     seqlen: int = 2048
     seed: int = 0
     device: str = "cpu"
+    # Calibration, for the methods that need it: `nsamples` random windows of `calib_seqlen` tokens
+    # (default: seqlen) from the training split of `calibration` (default: the stand-in for WikiText2
+    # offline, WikiText2 from the hub). The paper: 128 x 2048 from WikiText2.
+    calibration: str | None = None
+    nsamples: int = 128
+    calib_seqlen: int | None = None
     batch_size: int = 16  # lm-eval batch size; changes the numbers only by floating-point rounding
 
     def __post_init__(self) -> None:
@@ -65,6 +71,14 @@ class RunConfig:
             self.datasets = list(OFFLINE_TEXTS if self.data == "offline" else HUB_TEXTS)
         if self.method == "fp16":
             self.wbits = 16
+        if self.calibration is None:
+            self.calibration = "enwiki-excerpt" if self.data == "offline" else "wikitext2"
+        if self.calib_seqlen is None:
+            self.calib_seqlen = self.seqlen
+
+    @property
+    def needs_calibration(self) -> bool:
+        return get_method(self.method).needs_calibration if self.method in METHODS else False
 
     @property
     def spec(self) -> QuantSpec:
@@ -90,12 +104,20 @@ class RunConfig:
                 raise LlmqError(f"{name} must be a positive integer or left out (everything), not {value!r}")
         if not isinstance(self.seqlen, int) or self.seqlen < 16:
             raise LlmqError(f"seqlen must be an integer >= 16, not {self.seqlen!r}")
+        if self.needs_calibration:
+            check_text_name(self.calibration, self.data)
+            for name in ("nsamples", "calib_seqlen"):
+                if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                    raise LlmqError(f"{name} must be a positive integer, not {getattr(self, name)!r}")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise LlmqError(f"device {self.device!r} asked for, but torch sees no CUDA GPU; use --device cpu")
 
     def record_key(self, target: str) -> dict[str, Any]:
         """The results-store key of one number: this configuration scored on one text or task."""
         is_task = target in TASKS
+        # Calibration belongs to the key only where it matters, so that RTN's keys stay as they were.
+        calibration = ({"calibration": self.calibration, "nsamples": self.nsamples, "calib_seqlen": self.calib_seqlen}
+                       if self.needs_calibration else {})
         return {
             "model": self.model, "method": self.method, "wbits": self.wbits, "abits": self.abits,
             "group_size": self.group_size, "symmetric": self.symmetric, "options": self.options,
@@ -103,7 +125,7 @@ class RunConfig:
             "kind": "zeroshot" if is_task else "perplexity",
             "limit": self.limit if is_task else self.ppl_windows,
             "seqlen": None if is_task else self.seqlen,
-            "dtype": str(self.dtype).removeprefix("torch."), "seed": self.seed,
+            "dtype": str(self.dtype).removeprefix("torch."), "seed": self.seed, **calibration,
         }
 
     def targets(self) -> list[str]:
@@ -116,12 +138,26 @@ class RunConfig:
         return asdict(self)
 
 
-def quantize_model(model: PreTrainedModel, config: RunConfig) -> dict[str, Any]:
-    """Run the configuration's method on `model` in place; returns its report and wall time."""
+def quantize_model(model: PreTrainedModel, config: RunConfig,
+                   tokenizer: PreTrainedTokenizerBase | None = None) -> dict[str, Any]:
+    """Run the configuration's method on `model` in place; returns its report, wall time and peak memory.
+
+    Methods that need calibration get `config.nsamples` windows of `config.calib_seqlen` tokens
+    from the calibration text (which needs the tokenizer); the time to draw them is not counted.
+    """
     method = get_method(config.method)
+    calibration = None
+    if method.needs_calibration:
+        if tokenizer is None:
+            raise LlmqError(f"{method.name} calibrates on text: pass the tokenizer to quantize_model")
+        calibration = calibration_windows(config.calibration, tokenizer, config.nsamples, config.calib_seqlen,
+                                          config.data, config.seed)
+    if config.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
     with Timer() as timer:
-        report = method.quantize(model, config.spec, None)
-    return {**report, "quantize_time_s": round(timer.seconds, 3)}
+        report = method.quantize(model, config.spec, calibration)
+    return {**report, "quantize_time_s": round(timer.seconds, 3),
+            "quantize_peak_memory_mb": round(peak_memory_mb(config.device), 1)}
 
 
 def evaluate_and_record(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: RunConfig,

@@ -116,6 +116,20 @@ def evaluations_table(records: list[dict[str, Any]]) -> pd.DataFrame:
                              key=_method_order).reset_index(drop=True)
 
 
+def compare_configs(store: Any, configs: dict[str, Any]) -> pd.DataFrame:
+    """One row per target, one column per labelled RunConfig: perplexity, or accuracy in %, from the store
+    (empty where a configuration has not been measured yet)."""
+    def value(record: dict[str, Any] | None) -> float | None:
+        if record is None:
+            return None
+        metrics = record["metrics"]
+        return metrics["ppl"] if "ppl" in metrics else 100 * metrics["acc"]
+
+    first = next(iter(configs.values()))
+    return pd.DataFrame({label: {target: value(store.get(config.record_key(target))) for target in first.targets()}
+                         for label, config in configs.items()}).round(2)
+
+
 def _method_order(column: pd.Series) -> pd.Series:
     if column.name == "method":  # FP16 first, then in the order the methods are registered
         return column.map({m.paper_name: i for i, m in enumerate(METHODS.values())})

@@ -39,10 +39,30 @@ def test_missing_offline_cache_says_how_to_fill_it(tmp_path, capsys, monkeypatch
     assert "python -m llmq_core.assets fetch" in capsys.readouterr().err
 
 
+def quick_configs() -> list[dict]:
+    import yaml
+
+    return yaml.safe_load(run_all.DEFAULT_SWEEP.read_text())["configs"]
+
+
+def test_calibration_and_options_reach_only_the_notebooks_that_take_them(cached_model):
+    rtn = run_all.notebook_parameters(run_all.RunConfig(method="rtn", wbits=4), force=False)
+    gptq = run_all.notebook_parameters(run_all.RunConfig(method="gptq", wbits=4, nsamples=16,
+                                                         options={"act_order": True}), force=False)
+    assert "nsamples" not in rtn and "options" not in rtn
+    assert gptq["nsamples"] == 16 and gptq["calibration"] == "enwiki-excerpt" and gptq["options"] == {"act_order": True}
+
+
+def test_an_unknown_option_is_a_clear_error(cached_model, capsys):
+    config = run_all.RunConfig(method="gptq", wbits=4, options={"actorder": True})
+    with pytest.raises(run_all.LlmqError, match="gptq has no option actorder; its options are act_order=False"):
+        config.validate()
+
+
 def test_dry_run_prints_the_quick_plan(cached_model, capsys):
     assert run_all.main(["--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "sweep quick: 7 configurations" in out and "smollm2-135m--rtn-w2a16-g128" in out
+    assert f"sweep quick: {len(quick_configs())} configurations" in out and "smollm2-135m--rtn-w2a16-g128" in out
 
 
 def test_list_from_the_shell_prints_each_method_with_its_bits():
@@ -62,7 +82,7 @@ def test_a_failing_configuration_is_reported_and_the_others_go_on(cached_model, 
 
     monkeypatch.setattr(run_all, "execute", fake_execute)
     assert run_all.main(["--no-summary"]) == 1
-    assert ran == [16, 8, 4, 4, 3, 3, 2]
+    assert ran == [c.get("wbits", 16) for c in quick_configs()]
     assert "FAILED smollm2-135m--rtn-w4a16-g128: boom" in capsys.readouterr().err
 
 
@@ -84,8 +104,7 @@ def test_jobs_run_configurations_concurrently_each_once(cached_model, monkeypatc
     monkeypatch.setattr(run_all, "execute", fake_execute)
     assert run_all.main(["--no-summary", "--jobs", "3"]) == 0
     assert peak[0] == 3
-    assert sorted(ran, key=str) == sorted(
-        [(16, None), (8, None), (4, 128), (4, None), (3, 128), (3, None), (2, 128)], key=str)
+    assert sorted(ran, key=str) == sorted([(c.get("wbits", 16), c.get("group_size")) for c in quick_configs()], key=str)
 
 
 def test_cuda_without_a_sweep_plans_the_full_sweep(cached_model):

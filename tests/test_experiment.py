@@ -55,3 +55,26 @@ def test_quantize_evaluate_record_and_reuse(cached_model, tmp_path, monkeypatch)
     monkeypatch.setattr("llmq_core.experiment.evaluate_task", must_not_run)
     again = evaluate_and_record(model, tokenizer, config, report, store)
     assert again.loc["ptb", "ppl"] == results.loc["ptb", "ppl"]
+
+
+def test_calibration_is_in_the_record_key_only_for_methods_that_calibrate():
+    rtn, gptq = RunConfig(method="rtn", wbits=4), RunConfig(method="gptq", wbits=4)
+    assert "nsamples" not in rtn.record_key("ptb")  # RTN's committed records keep their keys
+    key = gptq.record_key("ptb")
+    assert (key["calibration"], key["nsamples"], key["calib_seqlen"]) == ("enwiki-excerpt", 128, 2048)
+    assert RunConfig(method="gptq", wbits=4, data="hub", datasets=["ptb"]).calibration == "wikitext2"
+    assert RunConfig(method="gptq", wbits=4, nsamples=32).record_key("ptb") != key
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"nsamples": 0}, "nsamples must be a positive integer"),
+    ({"calibration": "c4-typo"}, "c4-typo"),
+])
+def test_bad_calibration_settings_are_clear_errors(cached_model, changes, message):
+    with pytest.raises(LlmqError, match=message):
+        RunConfig(method="gptq", wbits=4, **changes).validate()
+
+
+def test_a_calibrated_method_without_a_tokenizer_is_a_clear_error(tiny_llama):
+    with pytest.raises(LlmqError, match="pass the tokenizer"):
+        quantize_model(tiny_llama, RunConfig(method="gptq", wbits=4))

@@ -41,18 +41,20 @@ class Method:
     needs_calibration: bool
     summary: str
     paper_name: str  # how the paper's tables spell it
+    options: dict[str, Any] = field(default_factory=dict)  # the method's knobs and their defaults
 
 
 METHODS: dict[str, Method] = {}
 
 
 def register_method(name: str, *, wbits: Iterable[float], notebook: str, paper_name: str, abits: Iterable[int] = (16,),
-                    needs_calibration: bool = False, summary: str = "") -> Callable[[QuantizeFn], QuantizeFn]:
+                    needs_calibration: bool = False, summary: str = "", options: dict[str, Any] | None = None
+                    ) -> Callable[[QuantizeFn], QuantizeFn]:
     def register(fn: QuantizeFn) -> QuantizeFn:
         if name in METHODS:
             raise ValueError(f"method {name!r} is registered twice")
         METHODS[name] = Method(name, fn, tuple(wbits), tuple(abits), notebook, needs_calibration,
-                               summary or (fn.__doc__ or "").strip().split("\n")[0], paper_name)
+                               summary or (fn.__doc__ or "").strip().split("\n")[0], paper_name, dict(options or {}))
         return fn
     return register
 
@@ -71,6 +73,10 @@ def check_spec(method: Method, spec: QuantSpec) -> None:
     if spec.abits not in method.abits:
         raise LlmqError(f"{method.name} does not support abits={spec.abits}; it supports "
                         f"{', '.join(map(str, method.abits))}")
+    unknown = set(spec.options) - set(method.options)
+    if unknown:
+        raise LlmqError(f"{method.name} has no option {', '.join(sorted(unknown))}; its options are "
+                        f"{', '.join(f'{k}={v!r}' for k, v in method.options.items()) or 'none'}")
     if spec.group_size is not None and (not isinstance(spec.group_size, int) or spec.group_size < 1):
         raise LlmqError(f"group_size must be a positive integer or 'channel' (one scale per output row), "
                         f"not {spec.group_size!r}")

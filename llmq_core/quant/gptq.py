@@ -1,0 +1,156 @@
+"""GPTQ (Frantar et al., 2023): quantize a Linear column by column and push each column's rounding
+error onto the columns not yet quantized, weighted by the inverse Hessian of the layer's loss.
+
+For a Linear with weight W (rows x cols) and calibration inputs X (cols x tokens), the layer loss
+||W X - Q X||^2 has Hessian H = 2 X X^T. Quantizing column j to q_j and updating the remaining columns
+
+    W[:, j:] -= ((w_j - q_j) / [H^-1]_jj) [H^-1]_{j, j:}
+
+is the optimal (OBS) compensation. GPTQ takes the Cholesky factor U of H^-1 (upper, H^-1 = U^T U), whose
+rows give the same updates in a fixed column order, and applies them lazily: exactly inside a block of
+columns, and to the columns after the block once per block, as one matrix product.
+
+Where ours differs from the reference (IST-DASLab/gptq): H is averaged over tokens rather than
+sequences (a constant factor, and the damping is relative to mean(diag H), so the result is the
+same); Linears that read the same input (q/k/v, gate/up) share one Hessian instead of each
+computing it; a block of columns always holds whole groups, so a group's scale is taken from its
+columns as updated so far (the reference reads the not-yet-updated W when a group starts inside a
+block; with group 128 and block 128 the two agree); the last group of a 576-wide row is 64 wide.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from tqdm import tqdm
+from transformers import PreTrainedModel
+
+from llmq_core.models import decoder_layers
+from llmq_core.quant.layerwise import block_linears, capture_block_inputs, linear_inputs, run_block
+from llmq_core.quant.primitives import fake_quantize, find_scale_zero
+from llmq_core.quant.registry import QuantSpec, register_method
+from llmq_core.quant.rtn import average_bits
+
+# The Linears of a Llama block that read the same input, in GPTQ's `--true-sequential` order: each
+# group shares one Hessian, and with true_sequential it is calibrated on the already-quantized groups.
+SEQUENTIAL_GROUPS = [["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], ["self_attn.o_proj"],
+                     ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"]]
+
+
+class Hessian:
+    """H = 2 X X^T of a Linear's inputs, kept as a running mean over the calibration tokens."""
+
+    def __init__(self, features: int, device: torch.device):
+        self.matrix = torch.zeros(features, features, device=device)
+        self.tokens = 0
+
+    def add_batch(self, inputs: torch.Tensor) -> None:
+        """inputs: (tokens, features)."""
+        count = inputs.shape[0]
+        self.matrix *= self.tokens / (self.tokens + count)
+        self.tokens += count
+        scaled = inputs.float() * math.sqrt(2 / self.tokens)
+        self.matrix += scaled.T @ scaled
+
+
+@torch.no_grad()
+def gptq_quantize_linear(linear: torch.nn.Linear, hessian: torch.Tensor, bits: int, group_size: int | None = None,
+                         symmetric: bool = False, act_order: bool = False, static_groups: bool = False,
+                         percdamp: float = 0.01, blocksize: int = 128) -> float:
+    """Replace `linear.weight` by its GPTQ fake-quantized copy; returns the proxy loss sum (w - q)^2 / [H^-1]_jj^2 / 2."""
+    weight = linear.weight.data.float().clone()
+    rows, cols = weight.shape
+    hessian = hessian.clone()
+    dead = torch.diag(hessian) == 0  # inputs that were always 0: their weights do not matter
+    hessian[dead, dead] = 1
+    weight[:, dead] = 0
+
+    if group_size is not None:
+        # Blocks hold whole groups, so that a group's scale is taken from its columns as updated so far.
+        blocksize = group_size * max(1, blocksize // group_size)
+        if static_groups:  # scales fixed up front, from the weights before any update (for act-order)
+            static = [find_scale_zero(weight[:, start:start + group_size], bits, symmetric)
+                      for start in range(0, cols, group_size)]
+    else:
+        scale, zero = find_scale_zero(weight, bits, symmetric)
+
+    order = torch.arange(cols, device=weight.device)
+    if act_order:  # columns with the largest input energy first, while there is the most freedom left
+        order = torch.argsort(torch.diag(hessian), descending=True)
+        weight, hessian = weight[:, order], hessian[order][:, order]
+
+    hessian[range(cols), range(cols)] += percdamp * torch.mean(torch.diag(hessian))
+    inverse = torch.cholesky_inverse(torch.linalg.cholesky(hessian))
+    upper = torch.linalg.cholesky(inverse, upper=True)
+
+    quantized = torch.zeros_like(weight)
+    loss = torch.zeros(rows, device=weight.device)
+    for start in range(0, cols, blocksize):
+        stop = min(start + blocksize, cols)
+        block = weight[:, start:stop].clone()
+        errors = torch.zeros_like(block)
+        inverse_block = upper[start:stop, start:stop]
+        for i in range(stop - start):
+            column = start + i
+            if group_size is not None:
+                if static_groups:
+                    scale, zero = static[int(order[column]) // group_size]
+                elif column % group_size == 0:
+                    scale, zero = find_scale_zero(block[:, i:i + group_size], bits, symmetric)
+            w = block[:, i]
+            q = fake_quantize(w.unsqueeze(1), scale, zero, bits).flatten()
+            quantized[:, column] = q
+            d = inverse_block[i, i]
+            loss += (w - q) ** 2 / d ** 2 / 2
+            error = (w - q) / d
+            block[:, i:] -= error.unsqueeze(1) @ inverse_block[i, i:].unsqueeze(0)
+            errors[:, i] = error
+        weight[:, stop:] -= errors @ upper[start:stop, stop:]
+
+    if act_order:
+        quantized = quantized[:, torch.argsort(order)]
+    linear.weight.data = quantized.to(linear.weight.dtype)
+    return float(loss.sum())
+
+
+def input_groups(linears: dict[str, torch.nn.Linear]) -> list[list[str]]:
+    """SEQUENTIAL_GROUPS where the block has them; any other Linear is a group of its own."""
+    groups = [group for group in SEQUENTIAL_GROUPS if all(name in linears for name in group)]
+    covered = {name for group in groups for name in group}
+    return groups + [[name] for name in linears if name not in covered]
+
+
+OPTIONS = {"act_order": False, "static_groups": False, "percdamp": 0.01, "true_sequential": False}
+
+
+@register_method("gptq", wbits=range(2, 9), notebook="ptq/gptq.ipynb", paper_name="GPTQ", needs_calibration=True,
+                 options=OPTIONS, summary="Hessian-aware column-by-column rounding with error feedback")
+@torch.no_grad()
+def quantize_gptq(model: PreTrainedModel, spec: QuantSpec, calibration: torch.Tensor) -> dict:
+    """Quantize the decoder block by block; each block is calibrated on the quantized blocks' outputs."""
+    options = {**OPTIONS, **spec.options}
+    bits, losses, weighted_bits, count = int(spec.wbits), {}, 0.0, 0
+    inputs, block_kwargs = capture_block_inputs(model, calibration)
+    for index, block in enumerate(tqdm(decoder_layers(model), desc="GPTQ blocks", leave=False)):
+        linears = block_linears(block)
+        groups = input_groups(linears)
+        # true_sequential: calibrate each group on the outputs of the groups already quantized
+        stages = [[group] for group in groups] if options["true_sequential"] else [groups]
+        for stage in stages:
+            hessians = {group[0]: Hessian(linears[group[0]].in_features, linears[group[0]].weight.device)
+                        for group in stage}  # the first Linear of a group observes the shared input
+            with linear_inputs({name: linears[name] for name in hessians},
+                               lambda name, x: hessians[name].add_batch(x)):
+                run_block(block, inputs, block_kwargs)
+            for group in stage:
+                for name in group:
+                    linear = linears[name]
+                    losses[f"layers.{index}.{name}"] = gptq_quantize_linear(
+                        linear, hessians[group[0]].matrix, bits, spec.group_size, spec.symmetric,
+                        options["act_order"], options["static_groups"], options["percdamp"])
+                    weighted_bits += average_bits(bits, spec.group_size, linear.in_features) * linear.weight.numel()
+                    count += linear.weight.numel()
+        inputs = run_block(block, inputs, block_kwargs)  # what the next block sees: the quantized outputs
+    return {"avg_bits": weighted_bits / count, "quantized_linears": len(losses),
+            "gptq_loss_total": sum(losses.values())}

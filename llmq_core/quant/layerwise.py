@@ -1,0 +1,98 @@
+"""Block-by-block calibration, shared by the methods that look at activations (GPTQ, AWQ, QuIP, SmoothQuant).
+
+The calibration windows are run through the embeddings once; their hidden states at the input of
+block 0 are kept (with the keyword arguments the block receives: attention mask, rotary position
+embeddings). Then each block in turn is calibrated on its inputs, quantized, and run again so that
+the next block sees the outputs of the *quantized* block, as in GPTQ's `llama_sequential`. Only one
+block's activations are alive at a time, so the full model never needs the memory of all of them.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+import torch
+from transformers import PreTrainedModel
+
+from llmq_core.models import decoder_layers
+
+
+class _StopForward(Exception):
+    """Raised by the hook on block 0 once its inputs are captured: the rest of the model is not needed."""
+
+
+@torch.no_grad()
+def capture_block_inputs(model: PreTrainedModel, windows: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Hidden states (n, seqlen, hidden) entering block 0 for each window, and the block's keyword arguments.
+
+    The keyword arguments (causal mask, position embeddings) are the same for every window of
+    one length, so those of the first window serve all of them.
+    """
+    device = next(model.parameters()).device
+    first = decoder_layers(model)[0]
+    captured: list[torch.Tensor] = []
+    block_kwargs: dict[str, Any] = {}
+
+    def grab(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        captured.append(hidden)
+        if not block_kwargs:
+            block_kwargs.update({k: v for k, v in kwargs.items() if k != "hidden_states"})
+        raise _StopForward
+
+    handle = first.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        for window in windows:
+            try:
+                model(window.unsqueeze(0).to(device), use_cache=False)
+            except _StopForward:
+                pass
+    finally:
+        handle.remove()
+    return torch.cat(captured), block_kwargs
+
+
+@torch.no_grad()
+def run_block(block: torch.nn.Module, inputs: torch.Tensor, block_kwargs: dict[str, Any]) -> torch.Tensor:
+    """The block's outputs for each calibration window, one window at a time (bounded memory)."""
+    outputs = torch.empty_like(inputs)
+    for i in range(inputs.shape[0]):
+        out = block(inputs[i:i + 1], **block_kwargs)
+        outputs[i:i + 1] = out[0] if isinstance(out, tuple) else out
+    return outputs
+
+
+@contextmanager
+def linear_inputs(linears: dict[str, torch.nn.Linear],
+                  observe: Callable[[str, torch.Tensor], None]) -> Iterator[None]:
+    """Call `observe(name, x)` with the input x (tokens, in_features) of each Linear on every forward."""
+    def hook(name: str) -> Callable:
+        return lambda module, args: observe(name, args[0].reshape(-1, args[0].shape[-1]))
+
+    handles = [linear.register_forward_pre_hook(hook(name)) for name, linear in linears.items()]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def block_linears(block: torch.nn.Module) -> dict[str, torch.nn.Linear]:
+    """The Linears of one decoder block by their path inside it (self_attn.q_proj, mlp.down_proj, ...)."""
+    return {name: module for name, module in block.named_modules() if isinstance(module, torch.nn.Linear)}
+
+
+@torch.no_grad()
+def linear_calibration_inputs(model: PreTrainedModel, windows: torch.Tensor, block_index: int,
+                              name: str) -> torch.Tensor:
+    """The inputs (tokens, in_features) that one Linear of one block sees on the calibration windows,
+    with the model as it is: for a worked example on a single layer."""
+    inputs, block_kwargs = capture_block_inputs(model, windows)
+    for block in decoder_layers(model)[:block_index]:
+        inputs = run_block(block, inputs, block_kwargs)
+    block = decoder_layers(model)[block_index]
+    seen: list[torch.Tensor] = []
+    with linear_inputs({name: block_linears(block)[name]}, lambda _, x: seen.append(x)):
+        run_block(block, inputs, block_kwargs)
+    return torch.cat(seen)
