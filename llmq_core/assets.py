@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, done in status().items():
                 print(f"{name:16s} {'ok' if done else 'missing'}")
             print(f"cache: {cache_dir()}")
-    except AssetError as error:
+    except LlmqError as error:  # not AssetError: under `python -m` this module is __main__, a second copy of its classes
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
