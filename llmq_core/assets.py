@@ -175,11 +175,7 @@ def fetch(names: list[str] | None = None, root: Path | None = None, log: Callabl
     leaves nothing half-written.
     """
     root = root or cache_dir()
-    assets = _assets()
-    unknown = set(names or []) - set(assets)
-    if unknown:
-        raise AssetError(f"unknown asset(s) {sorted(unknown)}; known: {', '.join(assets)}")
-    todo = [assets[n] for n in (names or assets) if not is_complete(assets[n], root)]
+    todo = [asset for asset in select_assets(names) if not is_complete(asset, root)]
     if not todo:
         log(f"asset cache complete: {root}")
         return
@@ -210,9 +206,24 @@ def fetch(names: list[str] | None = None, root: Path | None = None, log: Callabl
                 shutil.rmtree(partial, ignore_errors=True)
                 raise
             (partial / ".llmq-complete.json").write_text(json.dumps(_marker(asset)))
-            shutil.rmtree(final, ignore_errors=True)
-            partial.rename(final)
+            place_complete(partial, final)
     log(f"asset cache complete: {root}")
+
+
+def select_assets(names: list[str] | None) -> list[Asset]:
+    """The named assets (all by default); a clear error for a name that is not one."""
+    assets = _assets()
+    unknown = set(names or []) - set(assets)
+    if unknown:
+        raise AssetError(f"unknown asset(s) {sorted(unknown)}; known: {', '.join(assets)}")
+    return [assets[n] for n in (names or assets)]
+
+
+def place_complete(source: Path, final: Path) -> None:
+    """Rename a complete asset folder into place: the cache never holds half of one."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(final, ignore_errors=True)
+    source.rename(final)
 
 
 def status(root: Path | None = None) -> dict[str, bool]:

@@ -24,7 +24,6 @@ import datetime
 import hashlib
 import io
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -36,7 +35,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterable
 
 from llmq_core.assets import (CACHE_FORMAT, PACKAGES, Asset, AssetError, _assets, _marker, cache_dir,
-                              fetch, is_complete, sha256_of)
+                              fetch, is_complete, place_complete, select_assets, sha256_of)
 
 MANIFEST = "manifest.json"
 BUNDLE_FORMAT = 1
@@ -313,11 +312,7 @@ def bundle(out: Path, names: list[str] | None = None, part_size: int = 60 * 2**2
            exclude: Iterable[str] = (), root: Path | None = None, log: Callable[[str], None] = print) -> dict:
     """Pack the named assets (all by default) of a complete cache, and the wheels if asked, into `out`."""
     root = root or cache_dir()
-    assets = _assets()
-    unknown = set(names or []) - set(assets)
-    if unknown:
-        raise AssetError(f"unknown asset(s) {sorted(unknown)}; known: {', '.join(assets)}")
-    chosen = [assets[n] for n in (names or assets)]
+    chosen = select_assets(names)
     missing = [a.name for a in chosen if not is_complete(a, root)]
     if missing:
         raise AssetError(f"asset(s) {missing} are not in the cache {root}; run `python -m llmq_core.assets fetch` first.")
@@ -411,16 +406,9 @@ def unbundle(folder: Path, root: Path | None = None, wheels_target: Path | None 
             if content_digest(carried) != entry["digest"]:
                 raise AssetError(f"{name} unpacked here differs from the bundling machine's (content digest). "
                                  "The libraries that prepare it (transformers, gguf) disagree; nothing was placed.")
-            _move_into_cache(carried, root / asset.relpath)
+            place_complete(carried, root / asset.relpath)
             log(f"{name}: placed in {root / asset.relpath}")
     log(f"asset cache complete: {root}")
-
-
-def _move_into_cache(source: Path, final: Path) -> None:
-    """Rename a complete folder into place: the cache never holds half of one."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(final, ignore_errors=True)
-    source.rename(final)
 
 
 def _regenerate(asset: Asset, files: list[str], staging: Path, carried: Path, log: Callable[[str], None]) -> None:

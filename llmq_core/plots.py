@@ -20,6 +20,16 @@ def setting_label(table: pd.DataFrame) -> pd.Series:
     return table["method"] + " " + group
 
 
+def _panel_grid(count: int, max_cols: int, width: float, height: float) -> tuple[plt.Figure, list[plt.Axes]]:
+    """`count` panels, at most `max_cols` a row; the unused cells of the last row are blanked."""
+    ncols = min(max_cols, count)
+    nrows = -(-count // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False)
+    for ax in axes.flat[count:]:
+        ax.axis("off")
+    return fig, list(axes.flat[:count])
+
+
 def _lines_vs_bits(table: pd.DataFrame, columns: list[str], ylabel: str, log: bool, title: str,
                    reference: dict[str, float] | None = None) -> plt.Figure:
     """One panel per column (at most 3 a row): a line per method setting, FP16 dashed, chance dotted."""
@@ -27,10 +37,8 @@ def _lines_vs_bits(table: pd.DataFrame, columns: list[str], ylabel: str, log: bo
     baseline = table[table["method"] == "FP16"]
     settings = list(dict.fromkeys(quantized["setting"]))
     palette = dict(zip(settings, sns.color_palette(n_colors=len(settings))))
-    ncols = min(3, len(columns))
-    nrows = -(-len(columns) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.6 * nrows), squeeze=False)
-    for ax, column in zip(axes.flat, columns):
+    fig, axes = _panel_grid(len(columns), 3, 4.6, 3.6)
+    for ax, column in zip(axes, columns):
         sns.lineplot(data=quantized, x="wbits", y=column, hue="setting", style="setting", markers=True,
                      dashes=False, ax=ax, legend=True, palette=palette)
         if f"stderr_{column}" in quantized:  # +-1 standard error of an accuracy
@@ -46,13 +54,11 @@ def _lines_vs_bits(table: pd.DataFrame, columns: list[str], ylabel: str, log: bo
             ax.set_yscale("log")
         ax.set_xticks(sorted(quantized["wbits"].unique()))
     legend = {}
-    for ax in axes.flat:
+    for ax in axes:
         handles, labels = ax.get_legend_handles_labels()
         legend.update(zip(labels, handles))
         if ax.get_legend():
             ax.get_legend().remove()
-    for ax in axes.flat[len(columns):]:
-        ax.axis("off")
     fig.legend(legend.values(), legend.keys(), loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     fig.suptitle(title)
     fig.tight_layout()
@@ -82,10 +88,8 @@ def plot_evaluation_sizes(table: pd.DataFrame, columns: list[str], path: Path, m
         config=table["method"] + " W" + table["wbits"].map("{:g}".format)
         + table["group_size"].map(lambda g: "" if pd.isna(g) else f" g{int(g)}"),
         evaluation=table["device"] + ": " + table["ppl_eval"] + ", tasks " + table["task_eval"])
-    ncols = min(4, len(columns))
-    nrows = -(-len(columns) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.4 * ncols, 3.8 * nrows), squeeze=False)
-    for ax, column in zip(axes.flat, columns):
+    fig, axes = _panel_grid(len(columns), 4, 4.4, 3.8)
+    for ax, column in zip(axes, columns):
         sns.stripplot(data=rows, x="config", y=column, hue="evaluation", ax=ax, size=7, jitter=False, dodge=True)
         if column in CHANCE:
             ax.axhline(CHANCE[column], color="grey", linestyle=":", linewidth=1)
@@ -95,8 +99,6 @@ def plot_evaluation_sizes(table: pd.DataFrame, columns: list[str], path: Path, m
         ax.tick_params(axis="x", rotation=60)
         handles, labels = ax.get_legend_handles_labels()
         ax.get_legend().remove()
-    for ax in axes.flat[len(columns):]:
-        ax.axis("off")
     fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), frameon=False)
     fig.suptitle(f"{model}: each configuration under each evaluation size")
     fig.tight_layout()

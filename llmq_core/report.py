@@ -28,11 +28,6 @@ def _config_of(key: dict[str, Any]) -> tuple:
             str(sorted(key["options"].items())), key["seed"])
 
 
-def _evaluation_of(record: dict[str, Any]) -> tuple:
-    key = record["key"]
-    return (record["device"], key["dtype"], key["kind"], key["limit"], key["seqlen"])
-
-
 def _coverage(key: dict[str, Any]) -> tuple[float, int]:
     """How much of the set a record scored: a full evaluation beats any limited one, then longer windows win."""
     return (float("inf") if key["limit"] is None else key["limit"], key["seqlen"] or 0)

@@ -30,7 +30,7 @@ from llmq_core.models import decoder_layers
 from llmq_core.quant.layerwise import block_linears, capture_block_inputs, linear_inputs, run_block
 from llmq_core.quant.primitives import fake_quantize, find_scale_zero
 from llmq_core.quant.registry import QuantSpec, register_method
-from llmq_core.quant.rtn import average_bits
+from llmq_core.quant.rtn import model_average_bits
 
 # The Linears of a Llama block that read the same input, in GPTQ's `--true-sequential` order: each
 # group shares one Hessian, and with true_sequential it is calibrated on the already-quantized groups.
@@ -130,7 +130,7 @@ OPTIONS = {"act_order": False, "static_groups": False, "percdamp": 0.01, "true_s
 def quantize_gptq(model: PreTrainedModel, spec: QuantSpec, calibration: torch.Tensor) -> dict:
     """Quantize the decoder block by block; each block is calibrated on the quantized blocks' outputs."""
     options = {**OPTIONS, **spec.options}
-    bits, losses, weighted_bits, count = int(spec.wbits), {}, 0.0, 0
+    bits, losses, quantized = int(spec.wbits), {}, []
     inputs, block_kwargs = capture_block_inputs(model, calibration)
     for index, block in enumerate(tqdm(decoder_layers(model), desc="GPTQ blocks", leave=False)):
         linears = block_linears(block)
@@ -149,8 +149,7 @@ def quantize_gptq(model: PreTrainedModel, spec: QuantSpec, calibration: torch.Te
                     losses[f"layers.{index}.{name}"] = gptq_quantize_linear(
                         linear, hessians[group[0]].matrix, bits, spec.group_size, spec.symmetric,
                         options["act_order"], options["static_groups"], options["percdamp"])
-                    weighted_bits += average_bits(bits, spec.group_size, linear.in_features) * linear.weight.numel()
-                    count += linear.weight.numel()
+                    quantized.append(linear)
         inputs = run_block(block, inputs, block_kwargs)  # what the next block sees: the quantized outputs
-    return {"avg_bits": weighted_bits / count, "quantized_linears": len(losses),
+    return {"avg_bits": model_average_bits(quantized, bits, spec.group_size), "quantized_linears": len(losses),
             "gptq_loss_total": sum(losses.values())}

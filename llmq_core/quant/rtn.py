@@ -19,13 +19,17 @@ def average_bits(bits: int, group_size: int | None, in_features: int) -> float:
     return bits + groups_per_row * (16 + bits) / in_features
 
 
+def model_average_bits(linears: list[torch.nn.Linear], bits: int, group_size: int | None) -> float:
+    """`average_bits` over the Linears, weighted by their number of weights."""
+    count = sum(linear.weight.numel() for linear in linears)
+    return sum(average_bits(bits, group_size, l.in_features) * l.weight.numel() for l in linears) / count
+
+
 @register_method("rtn", wbits=range(1, 9), notebook="ptq/rtn.ipynb", paper_name="RTN",
                  summary="round-to-nearest, per channel or per group")
 @torch.no_grad()
 def quantize_rtn(model: torch.nn.Module, spec: QuantSpec, calibration: torch.Tensor | None) -> dict:
-    bits, weighted_bits, count = int(spec.wbits), 0.0, 0
-    for linear in decoder_linears(model).values():
-        linear.weight.copy_(quantize_weight_groupwise(linear.weight, bits, spec.group_size, spec.symmetric))
-        weighted_bits += average_bits(bits, spec.group_size, linear.in_features) * linear.weight.numel()
-        count += linear.weight.numel()
-    return {"avg_bits": weighted_bits / count, "quantized_linears": len(decoder_linears(model))}
+    linears = list(decoder_linears(model).values())
+    for linear in linears:
+        linear.weight.copy_(quantize_weight_groupwise(linear.weight, int(spec.wbits), spec.group_size, spec.symmetric))
+    return {"avg_bits": model_average_bits(linears, int(spec.wbits), spec.group_size), "quantized_linears": len(linears)}
