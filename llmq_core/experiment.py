@@ -71,6 +71,8 @@ class RunConfig:
             self.datasets = list(OFFLINE_TEXTS if self.data == "offline" else HUB_TEXTS)
         if self.method == "fp16":
             self.wbits = 16
+        if self.method in METHODS and METHODS[self.method].always_symmetric:
+            self.symmetric = True
         if self.calibration is None:
             self.calibration = "enwiki-excerpt" if self.data == "offline" else "wikitext2"
         if self.calib_seqlen is None:

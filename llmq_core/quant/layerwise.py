@@ -78,6 +78,18 @@ def linear_inputs(linears: dict[str, torch.nn.Linear],
             handle.remove()
 
 
+@torch.no_grad()
+def forward_in_chunks(module: torch.nn.Module, inputs: torch.Tensor, kwargs: dict[str, Any] | None = None,
+                      chunk: int = 16) -> torch.Tensor:
+    """`module(inputs[i:i + chunk], **kwargs)` over the calibration windows, concatenated: for searches that
+    run a submodule (attention, MLP, a Linear) many times, where one window at a time would be slow."""
+    outputs = []
+    for start in range(0, inputs.shape[0], chunk):
+        out = module(inputs[start:start + chunk], **(kwargs or {}))
+        outputs.append(out[0] if isinstance(out, tuple) else out)
+    return torch.cat(outputs)
+
+
 def block_linears(block: torch.nn.Module) -> dict[str, torch.nn.Linear]:
     """The Linears of one decoder block by their path inside it (self_attn.q_proj, mlp.down_proj, ...)."""
     return {name: module for name, module in block.named_modules() if isinstance(module, torch.nn.Linear)}
@@ -96,3 +108,23 @@ def linear_calibration_inputs(model: PreTrainedModel, windows: torch.Tensor, blo
     with linear_inputs({name: block_linears(block)[name]}, lambda _, x: seen.append(x)):
         run_block(block, inputs, block_kwargs)
     return torch.cat(seen)
+
+
+def tie_to_previous(values: torch.Tensor, previous_width: int, head_dim: int,
+                    reduce: Callable[..., torch.Tensor]) -> torch.Tensor:
+    """Per input channel of a Linear -> per output channel of the op before it, reduced over the tie.
+
+    A scale folded into the previous op must be the same for every input channel that op's output
+    channel feeds. Under grouped-query attention o_proj reads (heads x head_dim) channels made from fewer
+    value heads; the query heads of one group are adjacent, so channel (kv, rep, d) is value channel (kv, d)."""
+    if values.numel() == previous_width:
+        return values
+    return reduce(values.view(previous_width // head_dim, -1, head_dim), dim=1).reshape(-1)
+
+
+def expand_to_inputs(scales: torch.Tensor, input_width: int, head_dim: int) -> torch.Tensor:
+    """The inverse map of `tie_to_previous`: one value per input channel of the Linear."""
+    if scales.numel() == input_width:
+        return scales
+    heads = scales.view(-1, 1, head_dim)
+    return heads.expand(-1, input_width // scales.numel(), head_dim).reshape(-1)

@@ -1,4 +1,5 @@
-"""Shared quantization primitives: uniform min-max quantization of weight rows and groups.
+"""Shared quantization primitives: uniform min-max quantization of weight rows and groups, and symmetric
+absmax quantization of rows (weights per channel, activations per token).
 
 A b-bit uniform quantizer maps x to q = clamp(round(x / s) + z, 0, 2^b - 1) and back to
 s * (q - z) ("fake quantization": the weight keeps its dtype, only its values change).
@@ -50,3 +51,10 @@ def quantize_weight_groupwise(weight: torch.Tensor, bits: int, group_size: int |
             scale, zero = find_scale_zero(block, bits, symmetric)
             out[:, start:stop] = fake_quantize(block, scale, zero, bits).reshape(rows, stop - start)
     return out.to(weight.dtype)
+
+
+def quantize_symmetric_absmax(values: torch.Tensor, bits: int) -> torch.Tensor:
+    """Symmetric fake quantization with one scale per row of the last dimension: s = max|x| / (2^(b-1) - 1),
+    x -> s * round(x / s). SmoothQuant's quantizer, for weights per output channel and activations per token."""
+    scale = values.abs().amax(dim=-1, keepdim=True).float().clamp(min=1e-5) / (2 ** (bits - 1) - 1)
+    return (torch.round(values.float() / scale) * scale).to(values.dtype)

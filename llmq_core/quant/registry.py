@@ -42,19 +42,22 @@ class Method:
     summary: str
     paper_name: str  # how the paper's tables spell it
     options: dict[str, Any] = field(default_factory=dict)  # the method's knobs and their defaults
+    grouped: bool = True  # whether it supports a group size (False: one scale per output channel only)
+    always_symmetric: bool = False  # its quantizers are symmetric by construction (the `symmetric` flag is set)
 
 
 METHODS: dict[str, Method] = {}
 
 
 def register_method(name: str, *, wbits: Iterable[float], notebook: str, paper_name: str, abits: Iterable[int] = (16,),
-                    needs_calibration: bool = False, summary: str = "", options: dict[str, Any] | None = None
-                    ) -> Callable[[QuantizeFn], QuantizeFn]:
+                    needs_calibration: bool = False, summary: str = "", options: dict[str, Any] | None = None,
+                    grouped: bool = True, always_symmetric: bool = False) -> Callable[[QuantizeFn], QuantizeFn]:
     def register(fn: QuantizeFn) -> QuantizeFn:
         if name in METHODS:
             raise ValueError(f"method {name!r} is registered twice")
         METHODS[name] = Method(name, fn, tuple(wbits), tuple(abits), notebook, needs_calibration,
-                               summary or (fn.__doc__ or "").strip().split("\n")[0], paper_name, dict(options or {}))
+                               summary or (fn.__doc__ or "").strip().split("\n")[0], paper_name, dict(options or {}), grouped,
+                               always_symmetric)
         return fn
     return register
 
@@ -70,6 +73,9 @@ def check_spec(method: Method, spec: QuantSpec) -> None:
     if spec.wbits not in method.wbits:
         raise LlmqError(f"{method.name} does not support wbits={spec.wbits:g}; it supports "
                         f"{', '.join(f'{b:g}' for b in method.wbits)}")
+    if spec.abits not in method.abits and 16 not in method.abits:
+        raise LlmqError(f"{method.name} quantizes activations as well as weights: give abits (one of "
+                        f"{', '.join(map(str, method.abits))}), e.g. --abits 8 or abits=8")
     if spec.abits not in method.abits:
         raise LlmqError(f"{method.name} does not support abits={spec.abits}; it supports "
                         f"{', '.join(map(str, method.abits))}")
@@ -77,6 +83,9 @@ def check_spec(method: Method, spec: QuantSpec) -> None:
     if unknown:
         raise LlmqError(f"{method.name} has no option {', '.join(sorted(unknown))}; its options are "
                         f"{', '.join(f'{k}={v!r}' for k, v in method.options.items()) or 'none'}")
+    if spec.group_size is not None and not method.grouped:
+        raise LlmqError(f"{method.name} quantizes with one scale per output channel only (as in the paper's "
+                        f"table); leave group_size out or give 'channel', not {spec.group_size!r}")
     if spec.group_size is not None and (not isinstance(spec.group_size, int) or spec.group_size < 1):
         raise LlmqError(f"group_size must be a positive integer or 'channel' (one scale per output row), "
                         f"not {spec.group_size!r}")
