@@ -15,9 +15,11 @@ CHANCE = {"piqa": 50.0, "arc_easy": 25.0, "arc_challenge": 25.0, "hellaswag": 25
 
 
 def setting_label(table: pd.DataFrame) -> pd.Series:
-    """'RTN g128', 'RTN per-channel', 'SmoothQuant W-A': what a line in a figure stands for."""
+    """'RTN g128', 'SmoothQuant per-channel (weights and activations) [smoothing=False]': what a line stands for."""
     group = table["group_size"].map(lambda g: "per-channel" if pd.isna(g) else f"g{int(g)}")
-    return table["method"] + " " + group
+    activations = table["abits"].map(lambda a: "" if a == 16 else " (weights and activations)")
+    options = table.get("options", pd.Series("", index=table.index)).map(lambda o: f" [{o}]" if o else "")
+    return table["method"] + " " + group + activations + options
 
 
 def _panel_grid(count: int, max_cols: int, width: float, height: float) -> tuple[plt.Figure, list[plt.Axes]]:

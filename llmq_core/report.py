@@ -55,6 +55,11 @@ def _eval_size(keys: list[dict[str, Any]], kind: str) -> str:
     return "; ".join(sorted(sizes))
 
 
+def options_label(options: dict[str, Any]) -> str:
+    """'act_order=True, static_groups=True'; '' for a method's defaults."""
+    return ", ".join(f"{name}={value}" for name, value in sorted(options.items()))
+
+
 def ptq_table(records: list[dict[str, Any]]) -> pd.DataFrame:
     """The PTQ table: perplexities, accuracies (%) and their average, with evaluation size and device."""
     rows: dict[tuple, dict[str, Any]] = {}
@@ -65,7 +70,7 @@ def ptq_table(records: list[dict[str, Any]]) -> pd.DataFrame:
         row = rows.setdefault(config, {
             "model": PAPER_NAMES.get(key["model"], key["model"]),
             "method": get_method(key["method"]).paper_name, "wbits": key["wbits"], "abits": key["abits"],
-            "group_size": key["group_size"], "devices": set()})
+            "group_size": key["group_size"], "options": options_label(key["options"]), "devices": set()})
         keys.setdefault(config, []).append(key)
         row["devices"].add(f"{record['device']}, {key['dtype']}")
         if key["kind"] == "zeroshot":
@@ -85,11 +90,11 @@ def ptq_table(records: list[dict[str, Any]]) -> pd.DataFrame:
     if len(tasks) == len(TASKS):
         table["avg"] = table[tasks].mean(axis=1, skipna=False)
     table = _add_paper_columns(table, texts + tasks + (["avg"] if "avg" in table else []))
-    table = table.sort_values(["model", "method", "group_size", "wbits"], ascending=[True, True, True, False],
+    table = table.sort_values(["model", "method", "options", "group_size", "wbits"], ascending=[True, True, True, True, False],
                               na_position="first", key=_method_order)
     paper = [c for c in table.columns if c.startswith("paper_")]
     stderr = [f"stderr_{t}" for t in tasks]
-    columns = CONFIG_COLUMNS + texts + tasks + (["avg"] if "avg" in table else []) + ["ppl_eval", "task_eval", "device"]
+    columns = CONFIG_COLUMNS + ["options"] + texts + tasks + (["avg"] if "avg" in table else []) + ["ppl_eval", "task_eval", "device"]
     return table[columns + paper + stderr].reset_index(drop=True)
 
 
@@ -106,8 +111,8 @@ def evaluations_table(records: list[dict[str, Any]]) -> pd.DataFrame:
     tables = [ptq_table(group) for group in groups.values()]
     table = pd.concat([t for t in tables if not t.empty], ignore_index=True)
     table = table.drop(columns=[c for c in table.columns if c.startswith("paper_")])
-    order = ["model", "method", "group_size", "wbits", "device"]
-    return table.sort_values(order, ascending=[True, True, True, False, True], na_position="first",
+    order = ["model", "method", "options", "group_size", "wbits", "device"]
+    return table.sort_values(order, ascending=[True, True, True, True, False, True], na_position="first",
                              key=_method_order).reset_index(drop=True)
 
 
@@ -143,6 +148,8 @@ def _add_paper_columns(table: pd.DataFrame, measured: list[str]) -> pd.DataFrame
         columns={c: f"paper_{c}" for c in paper.columns if c in wanted})
     merged = merged.merge(renamed, on=CONFIG_COLUMNS, how="left")
     merged[["wbits", "group_size"]] = table[["wbits", "group_size"]].values
+    paper_columns = [c for c in merged.columns if c.startswith("paper_")]
+    merged.loc[merged["options"] != "", paper_columns] = float("nan")  # the paper ran each method's defaults
     return merged
 
 
@@ -159,6 +166,13 @@ def _format(value: Any) -> str:
 def to_markdown(table: pd.DataFrame) -> str:
     header = "| " + " | ".join(table.columns) + " |\n|" + "---|" * len(table.columns) + "\n"
     return header + "".join("| " + " | ".join(_format(v) for v in row) + " |\n" for row in table.itertuples(index=False))
+
+
+def full_sweep_rows(records: list[dict[str, Any]], methods: list[str]) -> pd.DataFrame:
+    """The full (GPU) evaluations of the given methods (paper names, e.g. ["FP16", "RTN", "AWQ"]), for reading."""
+    table = evaluations_table(records)
+    full = table["ppl_eval"].str.startswith("full") & table["method"].isin(methods)
+    return readable(table[full]).drop(columns=["model", "ppl_eval"]).reset_index(drop=True)
 
 
 def readable(table: pd.DataFrame) -> pd.DataFrame:

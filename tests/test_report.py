@@ -26,7 +26,7 @@ def test_table_has_the_paper_columns_eval_sizes_and_the_paper_number_for_llama3(
     records = [record(ours, t, 0.5) for t in ["enwiki-excerpt", "brown", "ptb", *tasks]]
     records.append(record(llama, "wikitext2", 8.4, "NVIDIA H100"))
     table = ptq_table(records).set_index("model")
-    assert list(table.columns[:4]) == ["method", "wbits", "abits", "group_size"]
+    assert list(table.columns[:5]) == ["method", "wbits", "abits", "group_size", "options"]
     small = table.loc["smollm2-135m"]
     assert small["piqa"] == 50.0 and small["avg"] == 50.0
     assert small["task_eval"] == "limit=50" and small["ppl_eval"] == "8 windows x 512"
@@ -58,3 +58,13 @@ def test_a_full_text_at_a_shorter_window_still_beats_a_limited_one_and_longer_wi
     assert chosen[0]["metrics"]["ppl"] == 2.0
     chosen = best_records([record(short_full, "ptb", 2.0), record(long_full, "ptb", 3.0)])
     assert chosen[0]["metrics"]["ppl"] == 3.0
+
+
+def test_a_method_option_is_its_own_row_and_gets_no_paper_number():
+    default = RunConfig(model="llama3-8b", method="smoothquant", wbits=8, abits=8, data="hub", datasets=["wikitext2"],
+                        tasks=[])
+    unsmoothed = RunConfig(**{**default.to_dict(), "options": {"smoothing": False}})
+    table = ptq_table([record(default, "wikitext2", 6.3), record(unsmoothed, "wikitext2", 9.0)])
+    rows = table.set_index("options")
+    assert rows.loc["", "wikitext2"] == 6.3 and rows.loc["", "paper_wikitext2"] == 6.3
+    assert rows.loc["smoothing=False", "wikitext2"] == 9.0 and math.isnan(rows.loc["smoothing=False", "paper_wikitext2"])

@@ -1,6 +1,7 @@
 """Quantization methods. Importing this package registers every method (one module each)."""
 
 from llmq_core.quant.registry import METHODS, Method, QuantSpec, check_spec, get_method, register_method
-from llmq_core.quant import awq, fp16, gptq, quip, rtn, smoothquant  # noqa: F401  (registers the methods)
+# registers the methods, in the order of the tables: FP16, RTN, then the paper's order
+from llmq_core.quant import fp16, rtn, gptq, awq, quip, smoothquant  # noqa: F401, I001
 
 __all__ = ["METHODS", "Method", "QuantSpec", "check_spec", "get_method", "register_method"]
