@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from llmq_core.quant import QuantSpec
-from llmq_core.quant.awq import (LLAMA_GROUPS, apply_scales, column_groups, output_mse, quantize_awq,
-                                 search_clipping, search_scales)
-from llmq_core.quant.layerwise import block_linears, capture_block_inputs, forward_in_chunks, linear_inputs
+from llmq_core.quant.awq import LLAMA_GROUPS, column_groups, output_mse, quantize_awq, search_clipping, search_scales
+from llmq_core.quant.layerwise import block_linears, capture_block_inputs, fold_scales, forward_in_chunks, linear_inputs
 from llmq_core.quant.primitives import quantize_weight_groupwise
 from llmq_core.quant.rtn import quantize_rtn
+from tests.test_gptq import quantized_copy_logit_error
 from tests.test_smoothquant import with_outlier_channels
 
 
@@ -35,7 +35,7 @@ def test_applied_scales_reproduce_the_searched_error_which_is_at_most_rtns(tiny_
     reference = forward_in_chunks(modules[group.inspect], x, module_kwargs).float()
     scales, losses = search_scales(modules[group.inspect], linears, x, module_kwargs, 3, 32, False,
                                    modules[group.previous].weight.shape[0], block.self_attn.head_dim)
-    per_input = apply_scales(modules[group.previous], linears, scales, block.self_attn.head_dim)
+    per_input = fold_scales(modules[group.previous], linears, scales, block.self_attn.head_dim)
     # full precision: the judged module computes the same function on the rescaled inputs
     assert torch.allclose(forward_in_chunks(modules[group.inspect], x / per_input, module_kwargs), reference,
                           atol=1e-4 * reference.abs().max())
@@ -49,7 +49,7 @@ def test_applied_scales_reproduce_the_searched_error_which_is_at_most_rtns(tiny_
 def test_the_gqa_pair_ties_scales_across_the_heads_of_one_value_head(tiny_llama):
     block = tiny_llama.model.layers[0]  # 6 query heads on 2 value heads, head_dim 16
     scales = torch.rand(32) + 0.5
-    per_input = apply_scales(block.self_attn.v_proj, [block.self_attn.o_proj], scales, 16)
+    per_input = fold_scales(block.self_attn.v_proj, [block.self_attn.o_proj], scales, 16)
     assert per_input.shape == (96,)
     assert torch.equal(per_input.view(2, 3, 16), scales.view(2, 1, 16).expand(2, 3, 16))
 
@@ -87,15 +87,9 @@ def test_awq_block_output_error_is_below_rtns(cached_model):
 def test_awq_on_a_model_keeps_the_grid_and_beats_rtn(tiny_llama):
     model = with_outlier_channels(tiny_llama)
     windows = torch.randint(0, 128, (8, 32), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        reference = model(windows).logits
-    rtn_model = type(model)(model.config).eval()
-    rtn_model.load_state_dict(model.state_dict())
-    quantize_rtn(rtn_model, QuantSpec(3, group_size=64), None)
-    report = quantize_awq(model, QuantSpec(3, group_size=64), windows)
+    rtn_error, _, _ = quantized_copy_logit_error(model, quantize_rtn, QuantSpec(3, group_size=64), windows)
+    awq_error, report, quantized = quantized_copy_logit_error(model, quantize_awq, QuantSpec(3, group_size=64), windows)
     assert report["quantized_linears"] == 14 and set(report["awq_mean_alpha"]) == {g.inspect for g in LLAMA_GROUPS}
-    for row in model.model.layers[0].mlp.gate_proj.weight:  # hidden 96 = 64 + a last group of 32
+    for row in quantized.model.layers[0].mlp.gate_proj.weight:  # hidden 96 = 64 + a last group of 32
         assert row[:64].unique().numel() <= 8 and row[64:].unique().numel() <= 8
-    with torch.no_grad():
-        error = {name: float(((m(windows).logits - reference) ** 2).mean()) for name, m in (("rtn", rtn_model), ("awq", model))}
-    assert error["awq"] < error["rtn"]
+    assert awq_error < rtn_error

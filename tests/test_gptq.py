@@ -8,6 +8,7 @@ from llmq_core.quant.gptq import Hessian, gptq_quantize_linear, quantize_gptq
 from llmq_core.quant.layerwise import capture_block_inputs, run_block
 from llmq_core.quant.primitives import quantize_weight_groupwise
 from llmq_core.quant.registry import QuantSpec
+from llmq_core.quant.rtn import quantize_rtn
 
 
 def correlated_inputs(tokens: int, cols: int, seed: int = 0) -> torch.Tensor:
@@ -21,6 +22,17 @@ def correlated_inputs(tokens: int, cols: int, seed: int = 0) -> torch.Tensor:
 
 def layer_error(weight: torch.Tensor, quantized: torch.Tensor, inputs: torch.Tensor) -> float:
     return float(((inputs @ (weight - quantized).T) ** 2).sum())
+
+
+def quantized_copy_logit_error(model, quantize, spec: QuantSpec, windows: torch.Tensor):
+    """Quantize a copy of `model` on `windows`; the mean squared error of its logits there, the method's report
+    and the quantized copy."""
+    copy = type(model)(model.config).eval()
+    copy.load_state_dict(model.state_dict())
+    report = quantize(copy, spec, windows)
+    with torch.no_grad():
+        error = float(((copy(windows).logits - model(windows).logits) ** 2).mean())
+    return error, report, copy
 
 
 def gptq_weight(weight: torch.Tensor, inputs: torch.Tensor, **kwargs) -> torch.Tensor:
@@ -67,20 +79,11 @@ def test_inputs_that_are_always_zero_zero_their_weights_and_nothing_breaks():
 @pytest.mark.parametrize("options", [{}, {"true_sequential": True, "act_order": True}])
 def test_gptq_on_a_model_beats_rtn_on_the_calibration_data(tiny_llama, options):
     windows = torch.randint(0, 128, (8, 32), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        reference = tiny_llama(windows).logits
-    rtn_model, gptq_model = (type(tiny_llama)(tiny_llama.config).eval() for _ in range(2))
-    for model in (rtn_model, gptq_model):
-        model.load_state_dict(tiny_llama.state_dict())
-    from llmq_core.quant.rtn import quantize_rtn
-
-    quantize_rtn(rtn_model, QuantSpec(3, group_size=32), None)
-    report = quantize_gptq(gptq_model, QuantSpec(3, group_size=32, options=options), windows)
+    rtn_error, _, _ = quantized_copy_logit_error(tiny_llama, quantize_rtn, QuantSpec(3, group_size=32), windows)
+    gptq_error, report, _ = quantized_copy_logit_error(tiny_llama, quantize_gptq,
+                                                       QuantSpec(3, group_size=32, options=options), windows)
     assert report["quantized_linears"] == 14
-    with torch.no_grad():
-        error = {name: float(((model(windows).logits - reference) ** 2).mean())
-                 for name, model in (("rtn", rtn_model), ("gptq", gptq_model))}
-    assert error["gptq"] < error["rtn"]
+    assert gptq_error < rtn_error
 
 
 def test_block_inputs_reproduce_the_model_hidden_states(tiny_llama):

@@ -10,7 +10,8 @@ from llmq_core.quant.gptq import gptq_quantize_linear
 from llmq_core.quant.primitives import find_scale_zero, quantize_weight_groupwise
 from llmq_core.quant.quip import (incoherence_process, incoherence_unprocess, kronecker_orthogonal, ldlq_round,
                                   quantize_quip, quip_quantize_weight)
-from tests.test_gptq import correlated_inputs, layer_error
+from llmq_core.quant.rtn import quantize_rtn
+from tests.test_gptq import correlated_inputs, layer_error, quantized_copy_logit_error
 
 
 def hessian_of(inputs: torch.Tensor) -> torch.Tensor:
@@ -73,20 +74,10 @@ def test_quip_layer_error_is_below_rtn(bits):
 
 def test_quip_on_a_model_beats_rtn_on_the_calibration_data(tiny_llama):
     windows = torch.randint(0, 128, (8, 32), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        reference = tiny_llama(windows).logits
-    rtn_model, quip_model = (type(tiny_llama)(tiny_llama.config).eval() for _ in range(2))
-    for model in (rtn_model, quip_model):
-        model.load_state_dict(tiny_llama.state_dict())
-    from llmq_core.quant.rtn import quantize_rtn
-
-    quantize_rtn(rtn_model, QuantSpec(2), None)
-    report = quantize_quip(quip_model, QuantSpec(2), windows)
+    rtn_error, _, _ = quantized_copy_logit_error(tiny_llama, quantize_rtn, QuantSpec(2), windows)
+    quip_error, report, _ = quantized_copy_logit_error(tiny_llama, quantize_quip, QuantSpec(2), windows)
     assert report["quantized_linears"] == 14 and 2 < report["avg_bits"] < 2.5
-    with torch.no_grad():
-        error = {name: float(((model(windows).logits - reference) ** 2).mean())
-                 for name, model in (("rtn", rtn_model), ("quip", quip_model))}
-    assert error["quip"] < error["rtn"]
+    assert quip_error < rtn_error
 
 
 def test_quip_refuses_a_group_size():

@@ -32,8 +32,8 @@ from tqdm import tqdm
 from transformers import PreTrainedModel
 
 from llmq_core.models import decoder_layers
-from llmq_core.quant.layerwise import (block_linears, capture_block_inputs, expand_to_inputs, forward_in_chunks,
-                                      linear_inputs, tie_to_previous)
+from llmq_core.quant.layerwise import (block_linears, capture_block_inputs, expand_to_inputs, fold_scales,
+                                      forward_in_chunks, linear_inputs, tie_to_previous)
 from llmq_core.quant.primitives import fake_quantize, find_scale_zero, quantize_weight_groupwise
 from llmq_core.quant.registry import QuantSpec, register_method
 from llmq_core.quant.rtn import model_average_bits
@@ -89,21 +89,6 @@ def search_scales(module: torch.nn.Module, linears: list[torch.nn.Linear], input
     for linear, weight in zip(linears, originals):
         linear.weight.data = weight
     return best, losses
-
-
-@torch.no_grad()
-def apply_scales(previous: torch.nn.Module, linears: list[torch.nn.Linear], scales: torch.Tensor,
-                 head_dim: int) -> torch.Tensor:
-    """Divide the previous op's output by `scales` and multiply the Linears' input columns by them; the
-    full-precision function is unchanged. Returns the per-input-channel scales."""
-    per_input = expand_to_inputs(scales, linears[0].in_features, head_dim)
-    if isinstance(previous, torch.nn.Linear):  # its output rows
-        previous.weight.data = (previous.weight.float() / scales[:, None]).to(previous.weight.dtype)
-    else:  # an RMSNorm's elementwise weight
-        previous.weight.data = (previous.weight.float() / scales).to(previous.weight.dtype)
-    for linear in linears:
-        linear.weight.data = (linear.weight.float() * per_input).to(linear.weight.dtype)
-    return per_input
 
 
 def column_groups(columns: int, group_size: int | None) -> list[tuple[int, int]]:
@@ -165,7 +150,7 @@ def quantize_awq(model: PreTrainedModel, spec: QuantSpec, calibration: torch.Ten
             alphas[group.inspect].append(losses.index(min(losses)) / SCALE_GRID)
             searched.append((group, group_linears, scales))
         for group, group_linears, scales in searched:
-            per_input = apply_scales(modules[group.previous], group_linears, scales, head_dim)
+            per_input = fold_scales(modules[group.previous], group_linears, scales, head_dim)
             first = group.linears[0]  # the clipping search sees the scaled inputs
             features[first] = features[first] / per_input.to(features[first].dtype)
         for name, linear in linears.items():

@@ -54,17 +54,33 @@ class Hessian:
         self.matrix += scaled.T @ scaled
 
 
+def drop_dead_inputs(weight: torch.Tensor, hessian: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 copies of W and H where the inputs that were always 0 (H_jj = 0) have weight 0 and H_jj = 1:
+    their weights do not matter, and H stays invertible."""
+    weight, hessian = weight.float().clone(), hessian.float().clone()
+    dead = torch.diagonal(hessian) == 0
+    hessian[dead, dead] = 1
+    weight[:, dead] = 0
+    return weight, hessian
+
+
+@torch.no_grad()
+def block_hessians(block: torch.nn.Module, linears: dict[str, torch.nn.Linear], groups: list[list[str]],
+                   inputs: torch.Tensor, block_kwargs: dict) -> dict[str, torch.Tensor]:
+    """H of each group's shared input on the calibration windows, keyed by the group's first Linear."""
+    hessians = {group[0]: Hessian(linears[group[0]].in_features, linears[group[0]].weight.device) for group in groups}
+    with linear_inputs({name: linears[name] for name in hessians}, lambda name, x: hessians[name].add_batch(x)):
+        run_block(block, inputs, block_kwargs)
+    return {name: hessian.matrix for name, hessian in hessians.items()}
+
+
 @torch.no_grad()
 def gptq_quantize_linear(linear: torch.nn.Linear, hessian: torch.Tensor, bits: int, group_size: int | None = None,
                          symmetric: bool = False, act_order: bool = False, static_groups: bool = False,
                          percdamp: float = 0.01, blocksize: int = 128) -> float:
     """Replace `linear.weight` by its GPTQ fake-quantized copy; returns the proxy loss sum (w - q)^2 / [H^-1]_jj^2 / 2."""
-    weight = linear.weight.data.float().clone()
+    weight, hessian = drop_dead_inputs(linear.weight.data, hessian)
     rows, cols = weight.shape
-    hessian = hessian.clone()
-    dead = torch.diag(hessian) == 0  # inputs that were always 0: their weights do not matter
-    hessian[dead, dead] = 1
-    weight[:, dead] = 0
 
     if group_size is not None:
         # Blocks hold whole groups, so that a group's scale is taken from its columns as updated so far.
@@ -138,16 +154,12 @@ def quantize_gptq(model: PreTrainedModel, spec: QuantSpec, calibration: torch.Te
         # true_sequential: calibrate each group on the outputs of the groups already quantized
         stages = [[group] for group in groups] if options["true_sequential"] else [groups]
         for stage in stages:
-            hessians = {group[0]: Hessian(linears[group[0]].in_features, linears[group[0]].weight.device)
-                        for group in stage}  # the first Linear of a group observes the shared input
-            with linear_inputs({name: linears[name] for name in hessians},
-                               lambda name, x: hessians[name].add_batch(x)):
-                run_block(block, inputs, block_kwargs)
+            hessians = block_hessians(block, linears, stage, inputs, block_kwargs)
             for group in stage:
                 for name in group:
                     linear = linears[name]
                     losses[f"layers.{index}.{name}"] = gptq_quantize_linear(
-                        linear, hessians[group[0]].matrix, bits, spec.group_size, spec.symmetric,
+                        linear, hessians[group[0]], bits, spec.group_size, spec.symmetric,
                         options["act_order"], options["static_groups"], options["percdamp"])
                     quantized.append(linear)
         inputs = run_block(block, inputs, block_kwargs)  # what the next block sees: the quantized outputs

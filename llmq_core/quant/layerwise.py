@@ -128,3 +128,18 @@ def expand_to_inputs(scales: torch.Tensor, input_width: int, head_dim: int) -> t
         return scales
     heads = scales.view(-1, 1, head_dim)
     return heads.expand(-1, input_width // scales.numel(), head_dim).reshape(-1)
+
+
+@torch.no_grad()
+def fold_scales(previous: torch.nn.Module, linears: list[torch.nn.Linear], scales: torch.Tensor,
+                head_dim: int) -> torch.Tensor:
+    """Divide the previous op's output by `scales` and multiply the Linears' input columns by them; the
+    full-precision function is unchanged. Returns the per-input-channel scales."""
+    per_input = expand_to_inputs(scales, linears[0].in_features, head_dim)
+    if isinstance(previous, torch.nn.Linear):  # its output rows
+        previous.weight.data = (previous.weight.float() / scales[:, None]).to(previous.weight.dtype)
+    else:  # an RMSNorm's elementwise weight
+        previous.weight.data = (previous.weight.float() / scales).to(previous.weight.dtype)
+    for linear in linears:
+        linear.weight.data = (linear.weight.float() * per_input).to(linear.weight.dtype)
+    return per_input

@@ -34,8 +34,8 @@ from tqdm import tqdm
 from transformers import PreTrainedModel
 
 from llmq_core.models import decoder_layers
-from llmq_core.quant.gptq import Hessian, input_groups
-from llmq_core.quant.layerwise import block_linears, capture_block_inputs, linear_inputs, run_block
+from llmq_core.quant.gptq import block_hessians, drop_dead_inputs, input_groups
+from llmq_core.quant.layerwise import block_linears, capture_block_inputs, run_block
 from llmq_core.quant.registry import QuantSpec, register_method
 
 # rho / RMS(W'): the reference's `qfn b`. Made for low bits: the ~1.6 % of (near-Gaussian) weights beyond it
@@ -124,11 +124,7 @@ def quip_quantize_weight(weight: torch.Tensor, hessian: torch.Tensor, bits: int,
                          percdamp: float = 0.01, grid_range: float = GRID_RANGE) -> torch.Tensor:
     """The QuIP pipeline for one weight (rows x cols) and its Hessian (cols x cols): process, LDLQ on the grid
     of 2^bits levels over [-rho, rho], unprocess."""
-    weight, hessian = weight.float(), hessian.float().clone()
-    dead = torch.diagonal(hessian) == 0  # inputs that were always 0: their weights do not matter
-    hessian[dead, dead] = 1
-    weight = weight.masked_fill(dead, 0)
-    weight, hessian, state = incoherence_process(weight, hessian, generator)
+    weight, hessian, state = incoherence_process(*drop_dead_inputs(weight, hessian), generator)
     hessian += percdamp * torch.mean(torch.diagonal(hessian)) * torch.eye(hessian.shape[0], device=hessian.device)
     levels = 2 ** bits
     rho = grid_range * weight.pow(2).mean().sqrt() + 1e-16
@@ -153,14 +149,11 @@ def quantize_quip(model: PreTrainedModel, spec: QuantSpec, calibration: torch.Te
     for block in tqdm(decoder_layers(model), desc="QuIP blocks", leave=False):
         linears = block_linears(block)
         groups = input_groups(linears)
-        hessians = {group[0]: Hessian(linears[group[0]].in_features, linears[group[0]].weight.device)
-                    for group in groups}
-        with linear_inputs({name: linears[name] for name in hessians}, lambda name, x: hessians[name].add_batch(x)):
-            run_block(block, inputs, block_kwargs)
+        hessians = block_hessians(block, linears, groups, inputs, block_kwargs)
         for group in groups:
             for name in group:
                 linear = linears[name]
-                linear.weight.data = quip_quantize_weight(linear.weight, hessians[group[0]].matrix, bits, generator,
+                linear.weight.data = quip_quantize_weight(linear.weight, hessians[group[0]], bits, generator,
                                                           options["percdamp"], options["grid_range"]).to(linear.weight.dtype)
                 count, numel = count + 1, numel + linear.weight.numel()
                 extra_bits += 16 * (1 + linear.in_features)  # rho and D in fp16; U, V come from the seed

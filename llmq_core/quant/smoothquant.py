@@ -30,7 +30,7 @@ from tqdm import tqdm
 from transformers import PreTrainedModel
 
 from llmq_core.models import decoder_layers, decoder_linears
-from llmq_core.quant.layerwise import expand_to_inputs, linear_inputs, tie_to_previous
+from llmq_core.quant.layerwise import fold_scales, linear_inputs, tie_to_previous
 from llmq_core.quant.primitives import quantize_symmetric_absmax
 from llmq_core.quant.registry import QuantSpec, register_method
 
@@ -85,13 +85,7 @@ def smooth_group(previous: torch.nn.Module, linears: list[torch.nn.Linear], inpu
     weight_maxima = torch.stack([linear.weight.abs().amax(dim=0).float() for linear in linears]).amax(dim=0)
     scales = smoothing_scales(tie_to_previous(input_maxima, width, head_dim, torch.amax),
                               tie_to_previous(weight_maxima, width, head_dim, torch.amax), alpha)
-    if isinstance(previous, torch.nn.Linear):  # its output rows
-        previous.weight.data = (previous.weight.float() / scales[:, None]).to(previous.weight.dtype)
-    else:  # an RMSNorm's elementwise weight
-        previous.weight.data = (previous.weight.float() / scales).to(previous.weight.dtype)
-    per_input = expand_to_inputs(scales, linears[0].in_features, head_dim)
-    for linear in linears:
-        linear.weight.data = (linear.weight.float() * per_input).to(linear.weight.dtype)
+    fold_scales(previous, linears, scales, head_dim)
     return scales
 
 
