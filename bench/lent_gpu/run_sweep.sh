@@ -29,4 +29,6 @@ export PYTHONPATH="/tmp/site:$PWD"
 status=0
 timeout "${SWEEP_TIMEOUT:-500}" python3 run_all.py --no-summary "$@" 2>&1 | grep -v IPKernelApp || status=$?
 tar czf "${OUT:-/tmp}/results.tgz" -C /tmp/llmq results -C "$PWD" runs
+# 124 would read as the device call's own time limit; a cut sweep is resumed by calling again
+if [ "$status" = 124 ]; then echo "sweep cut after SWEEP_TIMEOUT=${SWEEP_TIMEOUT:-500} s: call again to resume"; exit 3; fi
 exit "$status"
