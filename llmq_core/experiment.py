@@ -168,6 +168,9 @@ def evaluate_and_record(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
     """Score every text and task of `config` that the store lacks (all of them with `force`); one row each."""
     store = store or ResultStore()
     todo = config.targets() if force else config.pending(store)
+    # HellaSwag (40k continuations) takes longer than all the other targets together: last, so that a run cut
+    # short (a lent GPU's call limit) has stored every cheaper record first
+    todo = sorted(todo, key=lambda target: target == "hellaswag")
     for target in tqdm(todo, desc=f"{config.method} w{config.wbits:g} evaluation"):
         if config.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()

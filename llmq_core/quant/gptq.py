@@ -95,6 +95,9 @@ def gptq_quantize_linear(linear: torch.nn.Linear, hessian: torch.Tensor, bits: i
     if act_order:  # columns with the largest input energy first, while there is the most freedom left
         order = torch.argsort(torch.diag(hessian), descending=True)
         weight, hessian = weight[:, order], hessian[order][:, order]
+    if group_size is not None and static_groups:
+        # a Python list: reading order[column] on a GPU inside the column loop is a device sync per column
+        static_group_of_column = (order // group_size).tolist()
 
     hessian[range(cols), range(cols)] += percdamp * torch.mean(torch.diag(hessian))
     inverse = torch.cholesky_inverse(torch.linalg.cholesky(hessian))
@@ -111,7 +114,7 @@ def gptq_quantize_linear(linear: torch.nn.Linear, hessian: torch.Tensor, bits: i
             column = start + i
             if group_size is not None:
                 if static_groups:
-                    scale, zero = static[int(order[column]) // group_size]
+                    scale, zero = static[static_group_of_column[column]]
                 elif column % group_size == 0:
                     scale, zero = find_scale_zero(block[:, i:i + group_size], bits, symmetric)
             w = block[:, i]
