@@ -21,6 +21,7 @@ block; with group 128 and block 128 the two agree); the last group of a 576-wide
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from tqdm import tqdm
@@ -75,6 +76,15 @@ def block_hessians(block: torch.nn.Module, linears: dict[str, torch.nn.Linear], 
 
 
 @torch.no_grad()
+def inverse_hessian_factor(hessian: torch.Tensor, percdamp: float) -> torch.Tensor:
+    """U, upper triangular with H^-1 = U^T U, after dampening H by `percdamp` of its mean diagonal (in place).
+    Row j of U holds the OBS updates of the columns after j, divided by sqrt([H_F^-1]_jj)."""
+    cols = hessian.shape[0]
+    hessian[range(cols), range(cols)] += percdamp * torch.mean(torch.diag(hessian))
+    inverse = torch.cholesky_inverse(torch.linalg.cholesky(hessian))
+    return torch.linalg.cholesky(inverse, upper=True)
+
+
 def gptq_quantize_linear(linear: torch.nn.Linear, hessian: torch.Tensor, bits: int, group_size: int | None = None,
                          symmetric: bool = False, act_order: bool = False, static_groups: bool = False,
                          percdamp: float = 0.01, blocksize: int = 128) -> float:
@@ -99,9 +109,7 @@ def gptq_quantize_linear(linear: torch.nn.Linear, hessian: torch.Tensor, bits: i
         # a Python list: reading order[column] on a GPU inside the column loop is a device sync per column
         static_group_of_column = (order // group_size).tolist()
 
-    hessian[range(cols), range(cols)] += percdamp * torch.mean(torch.diag(hessian))
-    inverse = torch.cholesky_inverse(torch.linalg.cholesky(hessian))
-    upper = torch.linalg.cholesky(inverse, upper=True)
+    upper = inverse_hessian_factor(hessian, percdamp)
 
     quantized = torch.zeros_like(weight)
     loss = torch.zeros(rows, device=weight.device)
@@ -140,6 +148,26 @@ def input_groups(linears: dict[str, torch.nn.Linear]) -> list[list[str]]:
     return groups + [[name] for name in linears if name not in covered]
 
 
+@torch.no_grad()
+def quantize_block_by_block(model: PreTrainedModel, calibration: torch.Tensor,
+                            quantize_linear: Callable[[str, torch.nn.Linear, torch.Tensor], None], desc: str,
+                            true_sequential: bool = False) -> None:
+    """The Hessian-based methods' walk through the decoder (GPTQ, QuIP, PB-LLM, BiLLM): for each block, the
+    Hessians of its Linears' inputs on the calibration windows, `quantize_linear(name, linear, hessian)` for
+    each Linear, then the block's outputs, so that the next block is calibrated on the *quantized* block."""
+    inputs, block_kwargs = capture_block_inputs(model, calibration)
+    for index, block in enumerate(tqdm(decoder_layers(model), desc=desc, leave=False)):
+        linears = block_linears(block)
+        groups = input_groups(linears)
+        # true_sequential: calibrate each group on the outputs of the groups already quantized
+        for stage in ([[group] for group in groups] if true_sequential else [groups]):
+            hessians = block_hessians(block, linears, stage, inputs, block_kwargs)
+            for group in stage:
+                for name in group:
+                    quantize_linear(f"layers.{index}.{name}", linears[name], hessians[group[0]])
+        inputs = run_block(block, inputs, block_kwargs)
+
+
 OPTIONS = {"act_order": False, "static_groups": False, "percdamp": 0.01, "true_sequential": False}
 
 
@@ -150,21 +178,12 @@ def quantize_gptq(model: PreTrainedModel, spec: QuantSpec, calibration: torch.Te
     """Quantize the decoder block by block; each block is calibrated on the quantized blocks' outputs."""
     options = {**OPTIONS, **spec.options}
     bits, losses, quantized = int(spec.wbits), {}, []
-    inputs, block_kwargs = capture_block_inputs(model, calibration)
-    for index, block in enumerate(tqdm(decoder_layers(model), desc="GPTQ blocks", leave=False)):
-        linears = block_linears(block)
-        groups = input_groups(linears)
-        # true_sequential: calibrate each group on the outputs of the groups already quantized
-        stages = [[group] for group in groups] if options["true_sequential"] else [groups]
-        for stage in stages:
-            hessians = block_hessians(block, linears, stage, inputs, block_kwargs)
-            for group in stage:
-                for name in group:
-                    linear = linears[name]
-                    losses[f"layers.{index}.{name}"] = gptq_quantize_linear(
-                        linear, hessians[group[0]], bits, spec.group_size, spec.symmetric,
-                        options["act_order"], options["static_groups"], options["percdamp"])
-                    quantized.append(linear)
-        inputs = run_block(block, inputs, block_kwargs)  # what the next block sees: the quantized outputs
+
+    def quantize_linear(name: str, linear: torch.nn.Linear, hessian: torch.Tensor) -> None:
+        losses[name] = gptq_quantize_linear(linear, hessian, bits, spec.group_size, spec.symmetric,
+                                            options["act_order"], options["static_groups"], options["percdamp"])
+        quantized.append(linear)
+
+    quantize_block_by_block(model, calibration, quantize_linear, "GPTQ blocks", options["true_sequential"])
     return {"avg_bits": model_average_bits(quantized, bits, spec.group_size), "quantized_linears": len(losses),
             "gptq_loss_total": sum(losses.values())}

@@ -30,12 +30,9 @@ import math
 from dataclasses import dataclass
 
 import torch
-from tqdm import tqdm
 from transformers import PreTrainedModel
 
-from llmq_core.models import decoder_layers
-from llmq_core.quant.gptq import block_hessians, drop_dead_inputs, input_groups
-from llmq_core.quant.layerwise import block_linears, capture_block_inputs, run_block
+from llmq_core.quant.gptq import drop_dead_inputs, quantize_block_by_block
 from llmq_core.quant.registry import QuantSpec, register_method
 
 # rho / RMS(W'): the reference's `qfn b`. Made for low bits: the ~1.6 % of (near-Gaussian) weights beyond it
@@ -144,18 +141,14 @@ def quantize_quip(model: PreTrainedModel, spec: QuantSpec, calibration: torch.Te
     """Block by block, as GPTQ: each block is calibrated on the quantized blocks' outputs."""
     options = {**OPTIONS, **spec.options}
     generator = torch.Generator().manual_seed(options["seed"])
-    bits, count, numel, extra_bits = int(spec.wbits), 0, 0, 0
-    inputs, block_kwargs = capture_block_inputs(model, calibration)
-    for block in tqdm(decoder_layers(model), desc="QuIP blocks", leave=False):
-        linears = block_linears(block)
-        groups = input_groups(linears)
-        hessians = block_hessians(block, linears, groups, inputs, block_kwargs)
-        for group in groups:
-            for name in group:
-                linear = linears[name]
-                linear.weight.data = quip_quantize_weight(linear.weight, hessians[group[0]], bits, generator,
-                                                          options["percdamp"], options["grid_range"]).to(linear.weight.dtype)
-                count, numel = count + 1, numel + linear.weight.numel()
-                extra_bits += 16 * (1 + linear.in_features)  # rho and D in fp16; U, V come from the seed
-        inputs = run_block(block, inputs, block_kwargs)
-    return {"avg_bits": bits + extra_bits / numel, "quantized_linears": count}
+    bits, linears = int(spec.wbits), []
+
+    def quantize_linear(name: str, linear: torch.nn.Linear, hessian: torch.Tensor) -> None:
+        linear.weight.data = quip_quantize_weight(linear.weight, hessian, bits, generator, options["percdamp"],
+                                                  options["grid_range"]).to(linear.weight.dtype)
+        linears.append(linear)
+
+    quantize_block_by_block(model, calibration, quantize_linear, "QuIP blocks")
+    numel = sum(linear.weight.numel() for linear in linears)
+    extra_bits = sum(16 * (1 + linear.in_features) for linear in linears)  # rho and D in fp16; U, V come from the seed
+    return {"avg_bits": bits + extra_bits / numel, "quantized_linears": len(linears)}
