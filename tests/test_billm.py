@@ -5,9 +5,11 @@ that are not a multiple of the block size work."""
 import pytest
 import torch
 
-from llmq_core.quant.billm import billm_binarize_block, billm_quantize_linear, binarize_rows, salient_column_mask
-from llmq_core.quant.gptq import Hessian
-from tests.test_gptq import correlated_inputs, layer_error
+from llmq_core.quant.billm import (billm_binarize_block, billm_quantize_linear, binarization_error, binarize_rows,
+                                   quantize_billm, residual_binarization_error, salient_column_mask, split_errors)
+from llmq_core.quant.registry import QuantSpec
+from tests.test_gptq import correlated_inputs, layer_error, quantized_copy_logit_error
+from tests.test_quip import hessian_of
 
 
 def heavy_tailed_weight(rows: int, cols: int, seed: int = 0) -> torch.Tensor:
@@ -21,9 +23,7 @@ def heavy_tailed_weight(rows: int, cols: int, seed: int = 0) -> torch.Tensor:
 def billm_weight(weight: torch.Tensor, inputs: torch.Tensor) -> tuple[torch.Tensor, int]:
     linear = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
     linear.weight.data = weight.clone()
-    hessian = Hessian(weight.shape[1], weight.device)
-    hessian.add_batch(inputs)
-    salient = billm_quantize_linear(linear, hessian.matrix)
+    salient = billm_quantize_linear(linear, hessian_of(inputs))
     return linear.weight.data, salient
 
 
@@ -68,3 +68,38 @@ def test_salient_columns_are_the_most_sensitive():
     mask = salient_column_mask(weight, sensitivity, 50)
     ranked = torch.argsort(sensitivity.sum(0), descending=True)
     assert bool(mask[ranked[:int(mask.sum())]].all())
+
+
+def test_a_synthetic_layer_averages_about_1_1_bits_the_papers_way():
+    # the paper's Eq. 14: 2 bits per salient weight, 1 per other weight; whole columns are salient
+    weight = heavy_tailed_weight(256, 512, seed=3)
+    _, salient_columns = billm_weight(weight, correlated_inputs(2048, 512))
+    assert 1.03 < 1 + salient_columns / 512 < 1.2
+
+
+def test_the_model_report_is_1_plus_the_salient_fraction(tiny_llama):
+    windows = torch.randint(0, 128, (4, 32), generator=torch.Generator().manual_seed(0))
+    _, report, _ = quantized_copy_logit_error(tiny_llama, quantize_billm, QuantSpec(1.1, group_size=128), windows)
+    assert report["quantized_linears"] == 14
+    assert report["avg_bits"] == pytest.approx(1 + report["salient_fraction"])
+    assert 1.0 < report["avg_bits"] < 1.5 and report["flag_bits"] == pytest.approx(1 + 1 / 128)
+
+
+def test_the_closed_form_split_errors_equal_binarizing_each_split():
+    weight = heavy_tailed_weight(32, 100, seed=4)
+    salient = torch.zeros(100, dtype=torch.bool)
+    salient[[3, 50]] = True
+    others = ~salient.expand_as(weight)
+    breaks = torch.quantile(weight.abs()[others], torch.linspace(0.1, 0.9, 9))
+    closed_form = split_errors(torch.sort(weight[:, ~salient], dim=1).values, breaks)
+    for point, error in zip(breaks, closed_form):
+        concentrated = (weight.abs() < point) & others
+        direct = binarization_error(weight, concentrated) + binarization_error(weight, others & ~concentrated)
+        assert float(error) == pytest.approx(float(direct), rel=1e-5)
+
+
+def test_the_residual_error_shortcut_equals_binarizing_twice():
+    weight = heavy_tailed_weight(16, 40, seed=5)
+    everything = torch.ones_like(weight, dtype=torch.bool)
+    assert float(residual_binarization_error(weight)) == pytest.approx(float(binarization_error(weight, everything, 2)),
+                                                                     rel=1e-5)

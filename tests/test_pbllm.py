@@ -1,0 +1,79 @@
+"""PB-LLM against its defining properties: the paper's bit accounting (1.7 bits = 10 % salient at 8 bits), an
+output error below binarizing every weight, the structure it claims (two values per row and group for the
+binarized weights, the 8-bit grid for the salient ones), and widths that are not a multiple of 128."""
+
+import pytest
+import torch
+
+from llmq_core.errors import LlmqError
+from llmq_core.quant.pbllm import pbllm_quantize_linear, quantize_pbllm, salient_fraction_for_bits, salient_weight_mask
+from llmq_core.quant.primitives import fake_quantize, find_scale_zero
+from llmq_core.quant.registry import QuantSpec
+from tests.test_gptq import correlated_inputs, layer_error, quantized_copy_logit_error
+from tests.test_quip import hessian_of
+
+
+def pbllm_weight(weight: torch.Tensor, inputs: torch.Tensor, fraction: float, **kwargs) -> tuple[torch.Tensor, int]:
+    linear = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+    linear.weight.data = weight.clone()
+    salient = pbllm_quantize_linear(linear, hessian_of(inputs), fraction, **kwargs)
+    return linear.weight.data, salient
+
+
+def test_the_paper_bits_give_its_salient_fractions():
+    assert salient_fraction_for_bits(1.7) == pytest.approx(0.10)  # the paper's 10 %
+    assert salient_fraction_for_bits(2.0) == pytest.approx(1 / 7)
+    assert salient_fraction_for_bits(1.0) == 0.0
+
+
+@pytest.mark.parametrize("bits", [1.7, 2.0])
+def test_the_model_report_counts_bits_the_papers_way(tiny_llama, bits):
+    windows = torch.randint(0, 128, (4, 32), generator=torch.Generator().manual_seed(0))
+    _, report, model = quantized_copy_logit_error(tiny_llama, quantize_pbllm, QuantSpec(bits, group_size=64), windows)
+    fraction = report["salient_fraction"]
+    assert report["quantized_linears"] == 14
+    assert fraction == pytest.approx(salient_fraction_for_bits(bits), abs=0.005)  # rounded per group
+    assert report["avg_bits"] == pytest.approx(8 * fraction + (1 - fraction))
+    assert report["avg_bits"] == pytest.approx(bits, abs=0.04)
+
+
+@pytest.mark.parametrize("cols", [256, 576])  # 576 = SmolLM2's width: a last group of 64 columns
+def test_pbllm_beats_binarizing_every_weight(cols):
+    weight = torch.randn(96, cols, generator=torch.Generator().manual_seed(0)) * 0.02
+    inputs = correlated_inputs(2048, cols)
+    plain = weight.mean(1, keepdim=True) + weight.sub(weight.mean(1, keepdim=True)).abs().mean(1, keepdim=True) \
+        * torch.sign(weight - weight.mean(1, keepdim=True))
+    everything_binarized, none = pbllm_weight(weight, inputs, 0.0)  # the same GPTQ feedback, no salient weights
+    partly, salient = pbllm_weight(weight, inputs, 0.1)
+    assert none == 0 and salient == pytest.approx(0.1 * weight.numel(), rel=0.01)
+    assert layer_error(weight, everything_binarized, inputs) < layer_error(weight, plain, inputs)
+    assert layer_error(weight, partly, inputs) < 0.8 * layer_error(weight, everything_binarized, inputs)
+
+
+def test_binarized_weights_hold_two_values_per_row_and_group_and_salient_ones_lie_on_the_8_bit_grid():
+    weight = torch.randn(32, 200, generator=torch.Generator().manual_seed(1)) * 0.02
+    inputs = torch.randn(512, 200, generator=torch.Generator().manual_seed(2))
+    quantized, _ = pbllm_weight(weight, inputs, 0.1, group_size=64)  # groups 64, 64, 64 and 8 wide
+    scale, zero = find_scale_zero(weight, 8)
+    on_grid = torch.isclose(fake_quantize(quantized, scale, zero, 8), quantized, rtol=0, atol=1e-8)
+    assert int((~on_grid).sum()) >= 0.88 * weight.numel()  # 90 % binarized, a few of them on the grid by chance
+    for start in range(0, 200, 64):
+        for row in range(32):
+            off_grid = quantized[row, start:start + 64][~on_grid[row, start:start + 64]]
+            assert off_grid.unique().numel() <= 2  # every weight off the 8-bit grid is one of mean +- alpha
+
+
+def test_the_salient_mask_takes_the_largest_saliency():
+    weight = torch.randn(16, 64, generator=torch.Generator().manual_seed(3))
+    diagonal = torch.rand(64, generator=torch.Generator().manual_seed(4)) + 0.5
+    mask = salient_weight_mask(weight, diagonal, 0.1)
+    saliency = weight ** 2 / diagonal ** 2
+    assert int(mask.sum()) == round(0.1 * weight.numel())
+    assert float(saliency[mask].min()) >= float(saliency[~mask].max())
+    by_magnitude = salient_weight_mask(weight, diagonal, 0.1, "magnitude")
+    assert float(weight.abs()[by_magnitude].min()) >= float(weight.abs()[~by_magnitude].max())
+
+
+def test_an_unknown_salient_metric_is_refused(tiny_llama):
+    with pytest.raises(LlmqError, match="salient_metric"):
+        quantize_pbllm(tiny_llama, QuantSpec(1.7, options={"salient_metric": "random"}), torch.zeros(1, 8).long())
