@@ -38,7 +38,8 @@ def _lines_vs_bits(table: pd.DataFrame, columns: list[str], ylabel: str, log: bo
     quantized = table[table["method"] != "FP16"].assign(setting=setting_label)
     baseline = table[table["method"] == "FP16"]
     settings = list(dict.fromkeys(quantized["setting"]))
-    palette = dict(zip(settings, sns.color_palette(n_colors=len(settings))))
+    # more settings than the default palette's 10 colours would repeat colours: tab20 then
+    palette = dict(zip(settings, sns.color_palette("tab10" if len(settings) <= 10 else "tab20", n_colors=len(settings))))
     fig, axes = _panel_grid(len(columns), 3, 4.6, 3.6)
     for ax, column in zip(axes, columns):
         sns.lineplot(data=quantized, x="wbits", y=column, hue="setting", style="setting", markers=True,
@@ -54,7 +55,11 @@ def _lines_vs_bits(table: pd.DataFrame, columns: list[str], ylabel: str, log: bo
         ax.set(title=column, xlabel="weight bits", ylabel=ylabel)
         if log:
             ax.set_yscale("log")
-        ax.set_xticks(sorted(quantized["wbits"].unique()))
+        # log2 bits: the sub-2-bit methods (1.1, 1.7) stay readable beside 2, 3, 4 and 8
+        bits = sorted(quantized["wbits"].unique())
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(bits, [f"{b:g}" for b in bits])
+        ax.minorticks_off()
     legend = {}
     for ax in axes:
         handles, labels = ax.get_legend_handles_labels()
