@@ -75,12 +75,18 @@ def block_hessians(block: torch.nn.Module, linears: dict[str, torch.nn.Linear], 
     return {name: hessian.matrix for name, hessian in hessians.items()}
 
 
+def dampen_hessian(hessian: torch.Tensor, percdamp: float) -> torch.Tensor:
+    """H + percdamp * mean(diag H) * I, in place: GPTQ's regulariser, which keeps H safely invertible."""
+    cols = hessian.shape[0]
+    hessian[range(cols), range(cols)] += percdamp * torch.mean(torch.diag(hessian))
+    return hessian
+
+
 @torch.no_grad()
 def inverse_hessian_factor(hessian: torch.Tensor, percdamp: float) -> torch.Tensor:
     """U, upper triangular with H^-1 = U^T U, after dampening H by `percdamp` of its mean diagonal (in place).
     Row j of U holds the OBS updates of the columns after j, divided by sqrt([H_F^-1]_jj)."""
-    cols = hessian.shape[0]
-    hessian[range(cols), range(cols)] += percdamp * torch.mean(torch.diag(hessian))
+    dampen_hessian(hessian, percdamp)
     inverse = torch.cholesky_inverse(torch.linalg.cholesky(hessian))
     return torch.linalg.cholesky(inverse, upper=True)
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
-from llmq_core.quant.gptq import drop_dead_inputs, quantize_block_by_block
+from llmq_core.quant.gptq import dampen_hessian, drop_dead_inputs, quantize_block_by_block
 from llmq_core.quant.registry import QuantSpec, register_method
 
 # rho / RMS(W'): the reference's `qfn b`. Made for low bits: the ~1.6 % of (near-Gaussian) weights beyond it
@@ -122,7 +122,7 @@ def quip_quantize_weight(weight: torch.Tensor, hessian: torch.Tensor, bits: int,
     """The QuIP pipeline for one weight (rows x cols) and its Hessian (cols x cols): process, LDLQ on the grid
     of 2^bits levels over [-rho, rho], unprocess."""
     weight, hessian, state = incoherence_process(*drop_dead_inputs(weight, hessian), generator)
-    hessian += percdamp * torch.mean(torch.diagonal(hessian)) * torch.eye(hessian.shape[0], device=hessian.device)
+    dampen_hessian(hessian, percdamp)
     levels = 2 ** bits
     rho = grid_range * weight.pow(2).mean().sqrt() + 1e-16
     grid_units = torch.clamp((weight / rho + 1) / 2 * (levels - 1), 0, levels - 1)
