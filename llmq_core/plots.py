@@ -89,25 +89,32 @@ def plot_accuracy_vs_bits(table: pd.DataFrame, tasks: list[str], path: Path, mod
 
 
 def plot_evaluation_sizes(table: pd.DataFrame, columns: list[str], path: Path, model: str) -> None:
-    """The same configurations under each evaluation (from `report.evaluations_table`): one marker
-    per evaluation, so that what the quick sweep's limits change can be seen at a glance."""
+    """The configurations measured under more than one evaluation (from `report.evaluations_table`), one row
+    each and one marker per evaluation, so that what the quick sweep's limits change can be seen at a glance."""
     rows = table.assign(
         config=table["method"] + " W" + table["wbits"].map("{:g}".format)
-        + table["group_size"].map(lambda g: "" if pd.isna(g) else f" g{int(g)}"),
+        + table["abits"].map(lambda a: "" if a == 16 else f"A{a}")
+        + table["group_size"].map(lambda g: "" if pd.isna(g) else f" g{int(g)}")
+        + table.get("options", pd.Series("", index=table.index)).map(lambda o: f" [{o}]" if o else ""),
         evaluation=table["device"] + ": " + table["ppl_eval"] + ", tasks " + table["task_eval"])
-    fig, axes = _panel_grid(len(columns), 4, 4.4, 3.8)
-    for ax, column in zip(axes, columns):
-        sns.stripplot(data=rows, x="config", y=column, hue="evaluation", ax=ax, size=7, jitter=False, dodge=True)
+    rows = rows[rows.groupby("config")["evaluation"].transform("nunique") > 1]
+    order = list(dict.fromkeys(rows["config"]))  # the same rows in every panel, also where a value is missing
+    fig, axes = _panel_grid(len(columns), 4, 3.4, 0.32 * len(order) + 1.4)
+    for index, (ax, column) in enumerate(zip(axes, columns)):
+        sns.stripplot(data=rows, y="config", x=column, hue="evaluation", order=order, ax=ax, size=7, jitter=False,
+                      orient="h")
         if column in CHANCE:
-            ax.axhline(CHANCE[column], color="grey", linestyle=":", linewidth=1)
+            ax.axvline(CHANCE[column], color="grey", linestyle=":", linewidth=1)
         else:
-            ax.set_yscale("log")
-        ax.set(title=column, xlabel="", ylabel="accuracy (%)" if column in CHANCE else "perplexity (log)")
-        ax.tick_params(axis="x", rotation=60)
+            ax.set_xscale("log")
+        ax.set(title=column, ylabel="", xlabel="accuracy (%)" if column in CHANCE else "perplexity (log)")
+        if index % 4:
+            ax.tick_params(axis="y", labelleft=False)
+        ax.grid(axis="y", linewidth=0.3)
         handles, labels = ax.get_legend_handles_labels()
         ax.get_legend().remove()
     fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), frameon=False)
-    fig.suptitle(f"{model}: each configuration under each evaluation size")
+    fig.suptitle(f"{model}: the configurations measured under both evaluation sizes")
     fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
