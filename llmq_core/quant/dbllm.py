@@ -143,7 +143,7 @@ def distill_scales(student: PreTrainedModel, teacher: PreTrainedModel, swaps: li
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         schedule.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     for scale in scales:
         scale.requires_grad_(False)
     return losses
