@@ -18,7 +18,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from llmq_core.data import HUB_TEXTS, OFFLINE_TEXTS, calibration_windows, check_text_name, eval_tokens
 from llmq_core.errors import LlmqError
 from llmq_core.eval.perplexity import perplexity
-from llmq_core.eval.zeroshot import TASKS, check_task_name, evaluate_task
+from llmq_core.eval.zeroshot import EXPENSIVE_TASKS, TASKS, check_task_name, evaluate_task
 from llmq_core.models import check_model_available, default_dtype
 from llmq_core.quant import METHODS, QuantSpec, check_spec, get_method
 from llmq_core.results import ResultStore, Timer, peak_memory_mb
@@ -168,9 +168,8 @@ def evaluate_and_record(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
     """Score every text and task of `config` that the store lacks (all of them with `force`); one row each."""
     store = store or ResultStore()
     todo = config.targets() if force else config.pending(store)
-    # HellaSwag (40k continuations) takes longer than all the other targets together: last, so that a run cut
-    # short (a lent GPU's call limit) has stored every cheaper record first
-    todo = sorted(todo, key=lambda target: target == "hellaswag")
+    # the expensive tasks last, so that a run cut short (a lent GPU's call limit) has stored the cheaper records
+    todo = sorted(todo, key=lambda target: target in EXPENSIVE_TASKS)
     for target in tqdm(todo, desc=f"{config.method} w{config.wbits:g} evaluation"):
         if config.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()

@@ -18,6 +18,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from llmq_core.assets import asset_path, cache_dir
 
 TASKS = ("piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande")
+# HellaSwag's 40k continuations cost more than every other text and task together
+EXPENSIVE_TASKS = ("hellaswag",)
 TEMPLATES = Path(__file__).parent / "tasks"
 
 
