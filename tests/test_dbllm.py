@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from llmq_core.quant.dbllm import (DualBinaryLinear, deviation_aware_loss, distill_scales, dual_binarize, fold_back,
-                                   swap_in_dual_binary)
+                                   quantize_dbllm, swap_in_dual_binary)
 from llmq_core.quant.primitives import quantize_weight_groupwise
+from llmq_core.quant.registry import QuantSpec
+from tests.test_gptq import quantized_copy_logit_error
 
 
 @pytest.mark.parametrize("cols", [256, 576])  # 576 = SmolLM2's width: a last group of 64 columns
@@ -71,3 +73,12 @@ def test_distilling_the_scales_lowers_the_loss_below_the_initialisation(tiny_lla
         fold_back(swaps)
         assert not any(isinstance(m, DualBinaryLinear) for m in tiny_llama.modules())
         torch.testing.assert_close(tiny_llama(windows).logits, distilled)
+
+
+def test_the_method_reports_2_bits_its_scale_bits_and_its_losses(tiny_llama):
+    windows = torch.randint(0, 128, (4, 32), generator=torch.Generator().manual_seed(0))
+    spec = QuantSpec(2, group_size=64, options={"steps": 3})
+    _, report, model = quantized_copy_logit_error(tiny_llama, quantize_dbllm, spec, windows)
+    assert report["avg_bits"] == 2 and report["quantized_linears"] == 14 and len(report["distill_losses"]) == 3
+    assert 32 / 64 <= report["scale_bits"] <= 0.7  # two fp16 scales per row and group of 64 (96 = 64 + 32 wide)
+    assert not any(isinstance(m, DualBinaryLinear) for m in model.modules())

@@ -26,6 +26,7 @@ Where ours is our own reading (no reference code is public, and the paper's text
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -36,6 +37,7 @@ from transformers import PreTrainedModel
 
 from llmq_core.models import decoder_layers
 from llmq_core.quant.layerwise import block_linears
+from llmq_core.quant.registry import QuantSpec, register_method
 
 CLIP_CANDIDATES = torch.linspace(0.5, 1.0, 11)
 
@@ -155,3 +157,22 @@ def fold_back(swaps: list[Swap]) -> None:
     for swap in swaps:
         swap.linear.weight.data = swap.dual.weight_matrix().to(swap.linear.weight.dtype)
         setattr(swap.parent, swap.child, swap.linear)
+
+
+OPTIONS = {"steps": 256, "lr": 1e-4}
+
+
+@register_method("dbllm", wbits=(2,), notebook="ptq/dbllm.ipynb", paper_name="DB-LLM", needs_calibration=True,
+                 options=OPTIONS, summary="each 2-bit weight two scaled binaries; the scales distilled from FP16")
+def quantize_dbllm(model: PreTrainedModel, spec: QuantSpec, calibration: torch.Tensor) -> dict:
+    """FDB on every Linear of the decoder blocks, DAD of the scales against a copy of the model, then plain
+    Linears again. `steps` windows of the calibration text, cycled; the paper's schedule is not public."""
+    options = {**OPTIONS, **spec.options}
+    teacher = copy.deepcopy(model).eval()
+    swaps = swap_in_dual_binary(model, spec.group_size)
+    losses = distill_scales(model, teacher, swaps, calibration, options["steps"], options["lr"])
+    fold_back(swaps)
+    weights = sum(swap.linear.weight.numel() for swap in swaps)
+    scales = sum(2 * swap.dual.scale_first.numel() for swap in swaps)
+    return {"avg_bits": 2.0, "scale_bits": 16 * scales / weights, "quantized_linears": len(swaps),
+            "distill_steps": options["steps"], "distill_losses": losses}
