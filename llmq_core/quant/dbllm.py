@@ -137,7 +137,7 @@ def distill_scales(student: PreTrainedModel, teacher: PreTrainedModel, swaps: li
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps))
     losses = []
     for step in tqdm(range(steps), desc="DB-LLM distillation", leave=False):
-        window = windows[step % len(windows)].unsqueeze(0)
+        window = windows[step % len(windows)].unsqueeze(0).to(student.device)
         with torch.no_grad():
             teacher_logits = teacher(window).logits
         loss = deviation_aware_loss(student(window).logits, teacher_logits)
