@@ -108,7 +108,7 @@ def notebook_parameters(config: RunConfig, force: bool) -> dict:
              "ppl_windows", "seqlen", "device", "seed", "batch_size"]
     if config.needs_calibration:
         names += ["calibration", "nsamples", "calib_seqlen"]
-    if config.options:
+    if get_method(config.method).options:  # always, so that a notebook's own default options never leak in
         names.append("options")
     return {**{k: values[k] for k in names}, "force": force}
 
