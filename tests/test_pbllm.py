@@ -8,7 +8,7 @@ import torch
 from llmq_core.errors import LlmqError
 from llmq_core.quant.pbllm import pbllm_quantize_linear, quantize_pbllm, salient_fraction_for_bits, salient_weight_mask
 from llmq_core.quant.primitives import fake_quantize, find_scale_zero
-from llmq_core.quant.registry import QuantSpec
+from llmq_core.quant.registry import QuantSpec, check_spec, get_method
 from tests.test_gptq import correlated_inputs, layer_error, quantized_copy_logit_error
 from tests.test_quip import hessian_of
 
@@ -74,6 +74,9 @@ def test_the_salient_mask_takes_the_largest_saliency():
     assert float(weight.abs()[by_magnitude].min()) >= float(weight.abs()[~by_magnitude].max())
 
 
-def test_an_unknown_salient_metric_is_refused(tiny_llama):
+def test_an_unknown_salient_metric_is_refused_before_any_work():
     with pytest.raises(LlmqError, match="salient_metric"):
-        quantize_pbllm(tiny_llama, QuantSpec(1.7, options={"salient_metric": "random"}), torch.zeros(1, 8).long())
+        check_spec(get_method("pbllm"), QuantSpec(1.7, group_size=128, options={"salient_metric": "random"}))
+    with pytest.raises(LlmqError, match="salient_search"):
+        check_spec(get_method("billm"), QuantSpec(1.1, group_size=128, options={"salient_search": "random"}))
+    check_spec(get_method("pbllm"), QuantSpec(1.7, group_size=128, options={"salient_metric": "magnitude"}))

@@ -38,7 +38,6 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel
 
-from llmq_core.errors import LlmqError
 from llmq_core.quant.gptq import drop_dead_inputs, inverse_hessian_factor, quantize_block_by_block
 from llmq_core.quant.registry import QuantSpec, register_method
 
@@ -165,19 +164,16 @@ def billm_quantize_linear(linear: torch.nn.Linear, hessian: torch.Tensor, blocks
 
 
 OPTIONS = {"max_salient_columns": 50, "percdamp": 0.01, "salient_search": "sensitivity"}
-SALIENT_SEARCHES = ("sensitivity", "weights")
 
 
 @register_method("billm", wbits=(1.1,), notebook="ptq/billm.ipynb", paper_name="BiLLM", needs_calibration=True,
-                 options=OPTIONS, summary="salient columns binarized twice, the rest in two searched groups; ~1.1 bits")
+                 options=OPTIONS, choices={"salient_search": ("sensitivity", "weights")},
+                 summary="salient columns binarized twice, the rest in two searched groups; ~1.1 bits")
 @torch.no_grad()
 def quantize_billm(model: PreTrainedModel, spec: QuantSpec, calibration: torch.Tensor) -> dict:
     """Block by block, as GPTQ; group_size is BiLLM's block size (the paper's: 128; None: a whole row).
     wbits=1.1 is the paper's label: the searches set the bits, and the report measures them."""
     options = {**OPTIONS, **spec.options}
-    if options["salient_search"] not in SALIENT_SEARCHES:
-        raise LlmqError(f"billm's salient_search is one of {', '.join(SALIENT_SEARCHES)}, "
-                        f"not {options['salient_search']!r}")
     weights, salient, flags, linears = 0, 0, 0.0, 0
 
     def quantize_linear(name: str, linear: torch.nn.Linear, hessian: torch.Tensor) -> None:

@@ -28,12 +28,9 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel
 
-from llmq_core.errors import LlmqError
 from llmq_core.quant.gptq import drop_dead_inputs, inverse_hessian_factor, quantize_block_by_block
 from llmq_core.quant.primitives import fake_quantize, find_scale_zero
 from llmq_core.quant.registry import QuantSpec, register_method
-
-SALIENT_METRICS = ("hessian", "magnitude")
 
 
 def salient_fraction_for_bits(average_bits: float, high_bits: int = 8) -> float:
@@ -93,14 +90,12 @@ OPTIONS = {"high_bits": 8, "salient_metric": "hessian", "percdamp": 0.01}
 
 
 @register_method("pbllm", wbits=(1.7, 2), notebook="ptq/pbllm.ipynb", paper_name="PB-LLM", needs_calibration=True,
-                 options=OPTIONS, summary="8-bit salient weights, the rest binarized, with GPTQ's error feedback")
+                 options=OPTIONS, choices={"salient_metric": ("hessian", "magnitude")},
+                 summary="8-bit salient weights, the rest binarized, with GPTQ's error feedback")
 @torch.no_grad()
 def quantize_pbllm(model: PreTrainedModel, spec: QuantSpec, calibration: torch.Tensor) -> dict:
     """Block by block, as GPTQ; wbits sets the salient fraction by the paper's accounting."""
     options = {**OPTIONS, **spec.options}
-    if options["salient_metric"] not in SALIENT_METRICS:
-        raise LlmqError(f"pbllm's salient_metric is one of {', '.join(SALIENT_METRICS)}, "
-                        f"not {options['salient_metric']!r}")
     fraction = salient_fraction_for_bits(spec.wbits, options["high_bits"])
     weights, salient, linears = 0, 0, 0
 

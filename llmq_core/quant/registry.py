@@ -44,6 +44,7 @@ class Method:
     options: dict[str, Any] = field(default_factory=dict)  # the method's knobs and their defaults
     grouped: bool = True  # whether it supports a group size (False: one scale per output channel only)
     always_symmetric: bool = False  # its quantizers are symmetric by construction (the `symmetric` flag is set)
+    choices: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # the allowed values of an option, where few
 
 
 METHODS: dict[str, Method] = {}
@@ -51,13 +52,14 @@ METHODS: dict[str, Method] = {}
 
 def register_method(name: str, *, wbits: Iterable[float], notebook: str, paper_name: str, abits: Iterable[int] = (16,),
                     needs_calibration: bool = False, summary: str = "", options: dict[str, Any] | None = None,
-                    grouped: bool = True, always_symmetric: bool = False) -> Callable[[QuantizeFn], QuantizeFn]:
+                    grouped: bool = True, always_symmetric: bool = False,
+                    choices: dict[str, tuple[Any, ...]] | None = None) -> Callable[[QuantizeFn], QuantizeFn]:
     def register(fn: QuantizeFn) -> QuantizeFn:
         if name in METHODS:
             raise ValueError(f"method {name!r} is registered twice")
         METHODS[name] = Method(name, fn, tuple(wbits), tuple(abits), notebook, needs_calibration,
                                summary or (fn.__doc__ or "").strip().split("\n")[0], paper_name, dict(options or {}), grouped,
-                               always_symmetric)
+                               always_symmetric, dict(choices or {}))
         return fn
     return register
 
@@ -83,6 +85,10 @@ def check_spec(method: Method, spec: QuantSpec) -> None:
     if unknown:
         raise LlmqError(f"{method.name} has no option {', '.join(sorted(unknown))}; its options are "
                         f"{', '.join(f'{k}={v!r}' for k, v in method.options.items()) or 'none'}")
+    for name, allowed in method.choices.items():
+        if name in spec.options and spec.options[name] not in allowed:
+            raise LlmqError(f"{method.name}'s {name} is one of {', '.join(map(repr, allowed))}, "
+                            f"not {spec.options[name]!r}")
     if spec.group_size is not None and not method.grouped:
         raise LlmqError(f"{method.name} quantizes with one scale per output channel only (as in the paper's "
                         f"table); leave group_size out or give 'channel', not {spec.group_size!r}")
