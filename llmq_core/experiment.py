@@ -17,6 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llmq_core.data import HUB_TEXTS, OFFLINE_TEXTS, calibration_windows, check_text_name, eval_tokens
 from llmq_core.errors import LlmqError
+from llmq_core.eval.mmlu import evaluate_mmlu
 from llmq_core.eval.perplexity import perplexity
 from llmq_core.eval.zeroshot import EXPENSIVE_TASKS, TASKS, check_task_name, evaluate_task
 from llmq_core.models import check_model_available, default_dtype
@@ -48,8 +49,9 @@ class RunConfig:
     options: dict[str, Any] = field(default_factory=dict)
     data: str = "offline"  # "offline" (asset cache) or "hub"
     datasets: list[str] | None = None  # perplexity texts; None = the data source's three
-    tasks: list[str] = field(default_factory=lambda: list(TASKS))
+    tasks: list[str] | None = None  # zero-shot tasks and mmlu; None = the five (and mmlu for the LoRA-FT track)
     limit: int | None = None  # zero-shot: score the first `limit` documents of each task
+    mmlu_limit: int | None = None  # MMLU: the first `mmlu_limit` questions of each of its 57 subjects
     ppl_windows: int | None = None  # perplexity: score the first `ppl_windows` windows
     seqlen: int = 2048
     seed: int = 0
@@ -69,6 +71,9 @@ class RunConfig:
             self.wbits = int(self.wbits)
         if self.datasets is None:
             self.datasets = list(OFFLINE_TEXTS if self.data == "offline" else HUB_TEXTS)
+        if self.tasks is None:
+            lora_ft = self.method in METHODS and METHODS[self.method].track == "lora_ft"
+            self.tasks = [*TASKS, "mmlu"] if lora_ft else list(TASKS)
         if self.method == "fp16":
             self.wbits = 16
         if self.method in METHODS and METHODS[self.method].always_symmetric:
@@ -100,7 +105,7 @@ class RunConfig:
             check_text_name(name, self.data)
         for task in self.tasks:
             check_task_name(task)
-        for name in ("limit", "ppl_windows"):
+        for name in ("limit", "ppl_windows", "mmlu_limit"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise LlmqError(f"{name} must be a positive integer or left out (everything), not {value!r}")
@@ -116,7 +121,7 @@ class RunConfig:
 
     def record_key(self, target: str) -> dict[str, Any]:
         """The results-store key of one number: this configuration scored on one text or task."""
-        is_task = target in TASKS
+        is_task = target in (*TASKS, "mmlu")
         # Calibration belongs to the key only where it matters, so that RTN's keys stay as they were.
         calibration = ({"calibration": self.calibration, "nsamples": self.nsamples, "calib_seqlen": self.calib_seqlen}
                        if self.needs_calibration else {})
@@ -124,8 +129,8 @@ class RunConfig:
             "model": self.model, "method": self.method, "wbits": self.wbits, "abits": self.abits,
             "group_size": self.group_size, "symmetric": self.symmetric, "options": self.options,
             "data": "tasks" if is_task else self.data, "target": target,
-            "kind": "zeroshot" if is_task else "perplexity",
-            "limit": self.limit if is_task else self.ppl_windows,
+            "kind": ("mmlu" if target == "mmlu" else "zeroshot") if is_task else "perplexity",
+            "limit": self.mmlu_limit if target == "mmlu" else self.limit if is_task else self.ppl_windows,
             "seqlen": None if is_task else self.seqlen,
             "dtype": str(self.dtype).removeprefix("torch."), "seed": self.seed, **calibration,
         }
@@ -174,7 +179,9 @@ def evaluate_and_record(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
         if config.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         with Timer() as timer:
-            if target in TASKS:
+            if target == "mmlu":
+                metrics = evaluate_mmlu(model, tokenizer, config.mmlu_limit, config.batch_size)
+            elif target in TASKS:
                 metrics = evaluate_task(model, tokenizer, target, config.limit, config.batch_size)
             else:
                 tokens = eval_tokens(target, tokenizer, config.data, config.seqlen, config.seed)

@@ -1,4 +1,5 @@
-from llmq_core.convert import _python_string_assignments, arc_to_ai2_schema, detag_brown, strip_wiki_markup
+from llmq_core.convert import (_python_string_assignments, arc_to_ai2_schema, complete_json_array_items, detag_brown,
+                               strip_wiki_markup)
 
 
 def test_wiki_markup_is_stripped_and_link_text_kept():
@@ -28,3 +29,9 @@ def test_arc_request_becomes_ai2_arc_schema():
 def test_string_assignments_are_read_without_executing_code():
     source = "import os\nos.system('false')\npenn = {}\npenn['test'] = '''a b\\nc'''\n"
     assert _python_string_assignments(source) == {"test": "a b\nc"}
+
+
+def test_a_cut_off_json_array_gives_its_complete_items():
+    text = '[\n  {"id": 1, "v": [1, 2]},\n  {"id": 2, "v": "a]"},\n  {"id": 3, "v": [1, 2'
+    assert complete_json_array_items(text) == [{"id": 1, "v": [1, 2]}, {"id": 2, "v": "a]"}]
+    assert complete_json_array_items('[{"a": 1}, {"b": 2}]') == [{"a": 1}, {"b": 2}]

@@ -10,7 +10,7 @@ from llmq_core.eval import zeroshot
 
 @pytest.fixture(scope="module")
 def tasks(cached_model):
-    return zeroshot._task_manager().load([f"llmq_{t}" for t in zeroshot.TASKS])["tasks"]
+    return zeroshot.task_manager().load([f"llmq_{t}" for t in zeroshot.TASKS])["tasks"]
 
 
 def first_docs(task, n=3):

@@ -16,10 +16,11 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llmq_core.assets import asset_path, cache_dir
+from llmq_core.eval.mmlu import write_if_changed, write_mmlu_tasks
 
 TASKS = ("piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande")
-# HellaSwag's 40k continuations cost more than every other text and task together
-EXPENSIVE_TASKS = ("hellaswag",)
+# HellaSwag's 40k continuations, and MMLU's 14k five-shot prompts, cost more than every other text and task together
+EXPENSIVE_TASKS = ("hellaswag", "mmlu")
 TEMPLATES = Path(__file__).parent / "tasks"
 
 
@@ -34,15 +35,14 @@ def task_config_dir() -> Path:
         text = template.read_text()
         for key, value in values.items():
             text = text.replace("{" + key + "}", value)
-        target = out / template.name
-        if not target.exists() or target.read_text() != text:
-            target.write_text(text)
+        write_if_changed(out / template.name, text)
+    write_mmlu_tasks(out / "mmlu")
     return out
 
 
 @functools.lru_cache(maxsize=1)
-def _task_manager():
-    """Only our five tasks (they include lm-eval's by path): indexing all it ships takes seconds (bench/cpu_eval.py)."""
+def task_manager():
+    """Only our tasks (they include lm-eval's by path): indexing all it ships takes seconds (bench/cpu_eval.py)."""
     from lm_eval.tasks import TaskManager
 
     return TaskManager(include_path=str(task_config_dir()), include_defaults=False)
@@ -51,8 +51,8 @@ def _task_manager():
 def check_task_name(task: str) -> None:
     from llmq_core.errors import LlmqError
 
-    if task not in TASKS:
-        raise LlmqError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
+    if task not in (*TASKS, "mmlu"):
+        raise LlmqError(f"unknown task {task!r}; choose from {', '.join(TASKS)} or mmlu (5-shot)")
 
 
 def evaluate_task(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: str,
@@ -65,7 +65,7 @@ def evaluate_task(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ta
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     name = f"llmq_{task}"
     with torch.no_grad():
-        output = simple_evaluate(model=lm, tasks=[name], task_manager=_task_manager(),
+        output = simple_evaluate(model=lm, tasks=[name], task_manager=task_manager(),
                                  limit=limit, log_samples=False, verbosity="WARNING")
     scores = output["results"][name]
     metrics = {metric: float(scores[f"{metric},none"]) for metric in ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr")

@@ -1,0 +1,62 @@
+"""QLoRA (Dettmers et al., 2023): a frozen NormalFloat base, and LoRA adapters trained in 16 bits.
+
+    y = NF-dequant(W) x + (alpha / r) · B A x,     A: r x d_in,  B: d_out x r,  B = 0 at the start
+
+Only A and B are trained; the gradient flows through the dequantized frozen base. At 4 bits the
+base is bitsandbytes' NF4 with double quantization, loaded through transformers'
+`BitsAndBytesConfig`, exactly as QLoRA does. bitsandbytes has no NF3 or NF2, so at 3 and 2 bits
+the base keeps its NF-k *dequantized* values in ordinary Linear layers (`normalfloat.py`): the
+same numbers a packed NF-k kernel would compute with, without its memory saving.
+The adapters are peft's LoRA on every linear layer of the blocks, with QLoRA's r = 64, alpha = 16,
+dropout 0.05. The NormalFloat row of the paper's table is this method with steps = 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from llmq_core.lora.normalfloat import normalfloat_roundtrip
+from llmq_core.models import decoder_linears, load_model, resolve_model
+
+@dataclass
+class LoraSettings:
+    """The QLoRA paper's adapter hyper-parameters (7B/13B); IR-QLoRA's scripts leave dropout at 0."""
+
+    rank: int = 64
+    alpha: float = 16
+    dropout: float = 0.05
+
+
+def load_normalfloat_model(name: str, bits: int, device: str, dtype: torch.dtype
+                           ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The model with every linear layer of its blocks in NF-`bits` (NF4: bitsandbytes'; NF3/NF2: ours)."""
+    if bits != 4:
+        model, tokenizer = load_model(name, device, dtype)
+        with torch.no_grad():
+            for linear in decoder_linears(model).values():
+                linear.weight.copy_(normalfloat_roundtrip(linear.weight, bits))
+        return model, tokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                bnb_4bit_compute_dtype=dtype)
+    source = resolve_model(name)
+    model = AutoModelForCausalLM.from_pretrained(source, quantization_config=config, dtype=dtype, device_map=device)
+    return model.eval(), AutoTokenizer.from_pretrained(source)
+
+
+def attach_lora(model: PreTrainedModel, settings: LoraSettings) -> PreTrainedModel:
+    """peft's LoRA on every linear layer of the blocks (QLoRA's choice: all of them, not only q and v)."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = sorted({name.rsplit(".", 1)[-1] for name in decoder_linears(model)})
+    config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                        target_modules=targets, bias="none", task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def count_trainable_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
