@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -50,20 +51,24 @@ def check_model_available(name: str) -> None:
                             "download it on a connected machine first, or use the embedded model smollm2-135m")
 
 
-def load_model(name: str, device: str = "cpu", dtype: torch.dtype | None = None
-               ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM and its tokenizer in eval mode on `device`."""
+def load_model(name: str, device: str = "cpu", dtype: torch.dtype | None = None,
+               quantization_config: Any = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer in eval mode on `device`; quantized while loading where
+    `quantization_config` is given (e.g. transformers' BitsAndBytesConfig)."""
     source = resolve_model(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype or default_dtype(device))
+        # a quantized model is placed while it loads, and cannot be moved afterwards
+        placement = {} if quantization_config is None else {"quantization_config": quantization_config,
+                                                             "device_map": device}
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype or default_dtype(device), **placement)
     except OSError as error:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         hint = ("the hub is off (HF_HUB_OFFLINE=1): use the embedded model `smollm2-135m`, a local folder, "
                 "or a model already in the Hugging Face cache" if offline else
                 f"known short names: {', '.join(MODELS)}; or give a hub id or a local folder")
         raise LlmqError(f"model {name!r} could not be loaded ({str(error).splitlines()[0]}); {hint}") from None
-    return model.to(device).eval(), tokenizer
+    return (model if placement else model.to(device)).eval(), tokenizer
 
 
 def decoder_layers(model: PreTrainedModel) -> torch.nn.ModuleList:

@@ -9,10 +9,8 @@ is the mean over its questions (lm-eval's weight_by_size), which is how the pape
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
-import torch
 import yaml
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -66,16 +64,9 @@ def write_if_changed(path: Path, text: str) -> None:
 def evaluate_mmlu(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, limit: int | None = None,
                   batch_size: int = 16) -> dict[str, float]:
     """acc over all questions and per category, and the number of questions (`limit`: the first N of each subject)."""
-    from lm_eval import simple_evaluate
-    from lm_eval.models.huggingface import HFLM
+    from llmq_core.eval.zeroshot import run_lm_eval  # its task manager indexes our MMLU tasks with the five others
 
-    from llmq_core.eval.zeroshot import task_manager  # it indexes our MMLU tasks with the five others
-
-    logging.getLogger("lm_eval").setLevel(logging.WARNING)
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-    with torch.no_grad():
-        output = simple_evaluate(model=lm, tasks=[GROUP], task_manager=task_manager(), num_fewshot=NUM_FEWSHOT,
-                                 limit=limit, log_samples=False, verbosity="WARNING")
+    output = run_lm_eval(model, tokenizer, [GROUP], limit, batch_size, num_fewshot=NUM_FEWSHOT)
     results = output["results"]
     metrics = {"acc": float(results[GROUP]["acc,none"]), "acc_stderr": float(results[GROUP]["acc_stderr,none"])}
     metrics.update({category: float(results[f"{GROUP}_{category}"]["acc,none"]) for category in CATEGORIES})

@@ -55,18 +55,25 @@ def check_task_name(task: str) -> None:
         raise LlmqError(f"unknown task {task!r}; choose from {', '.join(TASKS)} or mmlu (5-shot)")
 
 
+def run_lm_eval(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task_names: list[str],
+                limit: int | None, batch_size: int, num_fewshot: int | None = None) -> dict:
+    """lm-eval's simple_evaluate on our task configs (the five tasks and MMLU); its whole output."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+
+    logging.getLogger("lm_eval").setLevel(logging.WARNING)
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    with torch.no_grad():
+        return simple_evaluate(model=lm, tasks=task_names, task_manager=task_manager(), num_fewshot=num_fewshot,
+                               limit=limit, log_samples=False, verbosity="WARNING")
+
+
 def evaluate_task(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: str,
                   limit: int | None = None, batch_size: int = 16) -> dict[str, float]:
     """acc and acc_norm (with their standard errors) of one task, and the number of documents scored."""
-    from lm_eval import simple_evaluate
-    from lm_eval.models.huggingface import HFLM
     check_task_name(task)
-    logging.getLogger("lm_eval").setLevel(logging.WARNING)
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     name = f"llmq_{task}"
-    with torch.no_grad():
-        output = simple_evaluate(model=lm, tasks=[name], task_manager=task_manager(),
-                                 limit=limit, log_samples=False, verbosity="WARNING")
+    output = run_lm_eval(model, tokenizer, [name], limit, batch_size)
     scores = output["results"][name]
     metrics = {metric: float(scores[f"{metric},none"]) for metric in ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr")
                if isinstance(scores.get(f"{metric},none"), (int, float))}

@@ -27,8 +27,8 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel
 
-from llmq_core.lora.normalfloat import (BLOCKSIZE, code_entropy, dequantize_blockwise, dynamic_code, normalfloat_code,
-                                        normalfloat_roundtrip, quantize_blockwise)
+from llmq_core.lora.normalfloat import (BLOCKSIZE, code_entropy, entropy_bits, normalfloat_code, normalfloat_roundtrip,
+                                        quantize_blockwise, roundtrip_8bit)
 from llmq_core.models import decoder_linears
 
 SIGMA = 1 / float(torch.special.ndtri(torch.tensor(0.9677083, dtype=torch.float64)))
@@ -50,8 +50,7 @@ def sorted_block_entropy(sorted_blocks: torch.Tensor, tau: torch.Tensor, code: t
     at_or_below = torch.searchsorted(sorted_blocks, thresholds.flatten(1), right=True).view(thresholds.shape)
     edges = torch.nn.functional.pad(at_or_below, (1, 0), value=0)
     edges = torch.nn.functional.pad(edges, (0, 1), value=length)
-    frequency = edges.diff(dim=-1).float() / length
-    return -(frequency * torch.log2(frequency.clamp_min(1e-12))).sum(dim=-1)
+    return entropy_bits(edges.diff(dim=-1).float() / length)
 
 
 @torch.no_grad()
@@ -75,9 +74,7 @@ def search_information_shift(weight: torch.Tensor, bits: int, tau_range: float =
 
 def store_shifts(tau: torch.Tensor, blocksize2: int = 256) -> torch.Tensor:
     """The taus as they come back from their 8-bit storage (dynamic code, one absmax per `blocksize2`)."""
-    padded = torch.cat([tau, tau.new_zeros((-tau.numel()) % blocksize2)])
-    code = dynamic_code()
-    return dequantize_blockwise(*quantize_blockwise(padded, code, blocksize2), code).flatten()[:tau.numel()]
+    return roundtrip_8bit(tau, blocksize2)
 
 
 def block_shift_matrix(tau: torch.Tensor, weight_shape: torch.Size, blocksize: int = BLOCKSIZE) -> torch.Tensor:
@@ -102,12 +99,13 @@ def calibrate_information(model: PreTrainedModel, full_precision: dict[str, torc
     import bitsandbytes as bnb
     from tqdm import tqdm
 
-    entropy_gain, blocks = 0.0, 0
+    code, entropy_gain, blocks = normalfloat_code(bits), 0.0, 0
     for name, linear in tqdm(decoder_linears(model).items(), desc="ICQ search", leave=False):
         weight = full_precision[name].to(linear.weight.device).float()
         tau = store_shifts(search_information_shift(weight, bits, tau_range, tau_n), blocksize2)
         shift = block_shift_matrix(tau, weight.shape)
-        shifted = weight - shift.repeat_interleave(BLOCKSIZE, dim=1)
+        expanded_shift = shift.repeat_interleave(BLOCKSIZE, dim=1)
+        shifted = weight - expanded_shift
         if isinstance(linear, bnb.nn.Linear4bit):
             linear.weight = bnb.nn.Params4bit(shifted.to(linear.compute_dtype or torch.float32), requires_grad=False,
                                               quant_type="nf4", compress_statistics=True,
@@ -115,8 +113,7 @@ def calibrate_information(model: PreTrainedModel, full_precision: dict[str, torc
             linear.register_buffer("icq_shift", shift.to(linear.compute_dtype or torch.float32))
             linear.register_forward_hook(add_block_shift)
         else:
-            linear.weight.copy_(normalfloat_roundtrip(shifted, bits) + shift.repeat_interleave(BLOCKSIZE, dim=1))
-        code = normalfloat_code(bits)
+            linear.weight.copy_(normalfloat_roundtrip(shifted, bits) + expanded_shift)
         plain = code_entropy(quantize_blockwise(weight, code, BLOCKSIZE)[0], 2 ** bits)
         calibrated = code_entropy(quantize_blockwise(shifted, code, BLOCKSIZE)[0], 2 ** bits)
         entropy_gain += float((calibrated - plain).sum())

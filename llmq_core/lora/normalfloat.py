@@ -60,15 +60,17 @@ def dequantize_blockwise(indices: torch.Tensor, absmax: torch.Tensor, code: torc
     return code.to(absmax.device)[indices.long()] * absmax.unsqueeze(1)
 
 
+def roundtrip_8bit(values: torch.Tensor, blocksize: int) -> torch.Tensor:
+    """1-D `values` as they come back from bitsandbytes' 8-bit storage: dynamic code, one absmax per `blocksize`."""
+    padded = torch.cat([values, values.new_zeros((-values.numel()) % blocksize)])
+    code = dynamic_code()
+    return dequantize_blockwise(*quantize_blockwise(padded, code, blocksize), code).flatten()[:values.numel()]
+
+
 def double_quantize(absmax: torch.Tensor) -> torch.Tensor:
     """The absmaxes as they come back from their 8-bit storage (mean + dynamic code, blocks of 256)."""
     mean = absmax.mean()
-    centred = absmax - mean
-    padding = (-centred.numel()) % STATISTICS_BLOCKSIZE
-    padded = torch.cat([centred, centred.new_zeros(padding)])
-    code = dynamic_code()
-    restored = dequantize_blockwise(*quantize_blockwise(padded, code, STATISTICS_BLOCKSIZE), code)
-    return restored.flatten()[:absmax.numel()] + mean
+    return roundtrip_8bit(absmax - mean, STATISTICS_BLOCKSIZE) + mean
 
 
 def normalfloat_roundtrip(weight: torch.Tensor, bits: int, double_quant: bool = True,
@@ -86,5 +88,9 @@ def code_entropy(indices: torch.Tensor, levels: int) -> torch.Tensor:
     rows, length = indices.shape
     flat = indices.long() + levels * torch.arange(rows, device=indices.device).unsqueeze(1)
     counts = torch.bincount(flat.flatten(), minlength=rows * levels).view(rows, levels).float()
-    frequency = counts / length
-    return -(frequency * torch.log2(frequency.clamp_min(1e-12))).sum(dim=1)
+    return entropy_bits(counts / length)
+
+
+def entropy_bits(frequency: torch.Tensor) -> torch.Tensor:
+    """-sum p log2 p over the last dimension (0 log 0 = 0)."""
+    return -(frequency * torch.log2(frequency.clamp_min(1e-12))).sum(dim=-1)

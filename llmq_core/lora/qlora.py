@@ -19,7 +19,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llmq_core.lora.normalfloat import normalfloat_roundtrip
-from llmq_core.models import decoder_linears, load_model, resolve_model
+from llmq_core.models import decoder_linears, load_model
 
 @dataclass
 class LoraSettings:
@@ -39,13 +39,11 @@ def load_normalfloat_model(name: str, bits: int, device: str, dtype: torch.dtype
             for linear in decoder_linears(model).values():
                 linear.weight.copy_(normalfloat_roundtrip(linear.weight, bits))
         return model, tokenizer
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from transformers import BitsAndBytesConfig
 
     config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                 bnb_4bit_compute_dtype=dtype)
-    source = resolve_model(name)
-    model = AutoModelForCausalLM.from_pretrained(source, quantization_config=config, dtype=dtype, device_map=device)
-    return model.eval(), AutoTokenizer.from_pretrained(source)
+    return load_model(name, device, dtype, quantization_config=config)
 
 
 def attach_lora(model: PreTrainedModel, settings: LoraSettings) -> PreTrainedModel:
