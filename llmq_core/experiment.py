@@ -20,6 +20,8 @@ from llmq_core.errors import LlmqError
 from llmq_core.eval.mmlu import evaluate_mmlu
 from llmq_core.eval.perplexity import perplexity
 from llmq_core.eval.zeroshot import EXPENSIVE_TASKS, TASKS, check_task_name, evaluate_task
+from llmq_core.lora.finetune import finetune, loss_curve
+from llmq_core.lora.instructions import instruction_batches, load_instructions
 from llmq_core.models import check_model_available, default_dtype
 from llmq_core.quant import METHODS, QuantSpec, check_spec, get_method
 from llmq_core.results import ResultStore, Timer, peak_memory_mb
@@ -153,6 +155,8 @@ def quantize_model(model: PreTrainedModel, config: RunConfig,
     from the calibration text (which needs the tokenizer); the time to draw them is not counted.
     """
     method = get_method(config.method)
+    if method.track == "lora_ft":
+        raise LlmqError(f"{method.name} fine-tunes a quantized base: build it with prepare_and_finetune(config)")
     calibration = None
     if method.needs_calibration:
         if tokenizer is None:
@@ -165,6 +169,33 @@ def quantize_model(model: PreTrainedModel, config: RunConfig,
         report = method.quantize(model, config.spec, calibration)
     return {**report, "quantize_time_s": round(timer.seconds, 3),
             "quantize_peak_memory_mb": round(peak_memory_mb(config.device), 1)}
+
+
+def prepare_and_finetune(config: RunConfig, progress: bool = True
+                          ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict[str, Any], list[float]]:
+    """A LoRA-FT configuration: its quantized base with adapters, fine-tuned for the `steps` option on the
+    `instructions` option's data. Returns the model, its tokenizer, the report (times, steps, tokens, a
+    short loss curve, peak memory) that is stored with the results, and the loss of every step."""
+    method = get_method(config.method)
+    if method.track != "lora_ft":
+        raise LlmqError(f"{method.name} is a post-training method: use load_model and quantize_model")
+    options = {**method.options, **config.options}
+    torch.manual_seed(config.seed)
+    if config.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    with Timer() as prepare_timer:
+        model, tokenizer, report = method.quantize(config.model, config.spec, config.device, config.dtype)
+    records = load_instructions(options["instructions"])
+    batches = instruction_batches(records, tokenizer, options["train_batch_size"], options["source_max_len"],
+                                  options["target_max_len"], config.seed)
+    with Timer() as finetune_timer:
+        trained = finetune(model, batches, options["steps"], options["lr"], progress)
+    report = {**report, "prepare_time_s": round(prepare_timer.seconds, 3), "steps": options["steps"],
+              "finetune_time_s": round(finetune_timer.seconds, 3), "response_tokens": trained["response_tokens"],
+              "instructions": options["instructions"], "instruction_pairs": len(records),
+              "loss_curve": loss_curve(trained["losses"]),
+              "finetune_peak_memory_mb": round(peak_memory_mb(config.device), 1)}
+    return model, tokenizer, report, trained["losses"]
 
 
 def evaluate_and_record(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: RunConfig,

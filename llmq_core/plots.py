@@ -118,3 +118,39 @@ def plot_evaluation_sizes(table: pd.DataFrame, columns: list[str], path: Path, m
     fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
+
+
+def plot_lora_ft(table: pd.DataFrame, columns: list[str], path: Path, title: str) -> None:
+    """The LoRA-FT rows (from `report.lora_ft_table`, one device): a bar per method at each bit width, one
+    panel per column (MMLU and zero-shot averages); FP16 dashed, chance dotted."""
+    quantized = table[table["method"] != "FP16"].assign(bits=table["wbits"].map("{:g}".format))
+    order = [m for m in ("NormalFloat", "NormalFloat + ICQ", "QLoRA", "IR-QLoRA") if m in set(quantized["method"])]
+    bits = sorted(set(quantized["bits"]), key=float, reverse=True)
+    fig, axes = _panel_grid(len(columns), 3, 4.2, 3.4)
+    for ax, column in zip(axes, columns):
+        sns.barplot(data=quantized, x="bits", y=column, hue="method", hue_order=order, order=bits, ax=ax)
+        for value in table.loc[table["method"] == "FP16", column].dropna():
+            ax.axhline(value, color="black", linestyle="--", linewidth=1, label="FP16")
+        chance = 25.0 if column.startswith("mmlu") else CHANCE.get(column)
+        if chance is not None:
+            ax.axhline(chance, color="grey", linestyle=":", linewidth=1, label="chance")
+        ax.set(title=column, xlabel="weight bits (NF-k)", ylabel="accuracy (%)")
+        handles, labels = ax.get_legend_handles_labels()
+        ax.get_legend().remove()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_loss_curves(curves: dict[str, list[float]], steps: dict[str, int], path: Path, title: str) -> None:
+    """Fine-tuning loss against step, one line per run (a stored curve is averaged over windows of steps)."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    for label, curve in curves.items():
+        ax.plot([(i + 0.5) * steps[label] / len(curve) for i in range(len(curve))], curve, label=label)
+    ax.set(xlabel="step", ylabel="training loss (response tokens)", title=title)
+    ax.legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)

@@ -14,12 +14,16 @@ from typing import Any
 import pandas as pd
 
 from llmq_core.data import HUB_TEXTS, OFFLINE_TEXTS, PAPER_COLUMN
+from llmq_core.eval.mmlu import CATEGORIES
 from llmq_core.eval.zeroshot import TASKS
 from llmq_core.models import PAPER_NAMES
 from llmq_core.quant import METHODS, get_method
 
 CONFIG_COLUMNS = ["model", "method", "wbits", "abits", "group_size"]
 PAPER_PTQ = Path(__file__).resolve().parent.parent / "paper" / "reference" / "paper_ptq.csv"
+PAPER_LORA_FT = PAPER_PTQ.with_name("paper_lora_ft.csv")
+# the paper's LoRA-FT columns: MMLU by category (our metric names -> theirs), then the five tasks
+MMLU_COLUMNS = {**{category: f"mmlu_{category.removesuffix('_sciences')}" for category in CATEGORIES}, "acc": "mmlu_avg"}
 
 
 def _config_of(key: dict[str, Any]) -> tuple:
@@ -66,6 +70,8 @@ def ptq_table(records: list[dict[str, Any]]) -> pd.DataFrame:
     keys: dict[tuple, list[dict[str, Any]]] = {}
     for record in best_records(records):
         key, metrics = record["key"], record["metrics"]
+        if key["kind"] == "mmlu" or get_method(key["method"]).track != "ptq":
+            continue  # the LoRA-FT table's (lora_ft_table)
         config = _config_of(key)
         row = rows.setdefault(config, {
             "model": PAPER_NAMES.get(key["model"], key["model"]),
@@ -96,6 +102,84 @@ def ptq_table(records: list[dict[str, Any]]) -> pd.DataFrame:
     stderr = [f"stderr_{t}" for t in tasks]
     columns = CONFIG_COLUMNS + ["options"] + texts + tasks + (["avg"] if "avg" in table else []) + ["ppl_eval", "task_eval", "device"]
     return table[columns + paper + stderr].reset_index(drop=True)
+
+
+def lora_ft_label(key: dict[str, Any]) -> str:
+    """The paper's row name: FP16, NormalFloat (QLoRA's base, 0 steps), QLoRA, IR-QLoRA."""
+    method = get_method(key["method"])
+    if method.track != "lora_ft":
+        return method.paper_name
+    steps = {**method.options, **key["options"]}["steps"]
+    if steps == 0:
+        return "NormalFloat" if method.name == "qlora" else "NormalFloat + ICQ"
+    return method.paper_name
+
+
+def lora_ft_table(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """The LoRA-FT table in the paper's columns: 5-shot MMLU by category and overall, the five tasks and
+    their average (accuracy in %), then our perplexities and the fine-tune's steps, tokens and time.
+
+    One row per configuration and device: the quick CPU rows and the full GPU rows are never mixed.
+    The FP16 rows are the FP16 configurations that have an MMLU record."""
+    rows: dict[tuple, dict[str, Any]] = {}
+    for record in records:
+        key, metrics = record["key"], record["metrics"]
+        lora_ft = get_method(key["method"]).track == "lora_ft"
+        if not (lora_ft or key["method"] == "fp16"):
+            continue
+        slot = (_config_of(key), record["device"], key["dtype"])
+        row = rows.setdefault(slot, {
+            "model": PAPER_NAMES.get(key["model"], key["model"]), "method": lora_ft_label(key),
+            "wbits": key["wbits"], "options": options_label(key["options"]), "device": f"{record['device']}, {key['dtype']}",
+            "is_lora_ft": lora_ft, "limits": {}})
+        row["limits"][key["kind"]] = key["limit"]
+        if key["kind"] == "mmlu":
+            row.update({column: 100 * metrics[name] for name, column in MMLU_COLUMNS.items()})
+            row["mmlu_questions"] = metrics["n"]
+        elif key["kind"] == "zeroshot":
+            row[key["target"]] = 100 * metrics["acc"]
+        else:
+            row[key["target"]] = metrics["ppl"]
+        if lora_ft and "steps" in record.get("quantization", {}):
+            run = record["quantization"]
+            row.update({"steps": run["steps"], "response_tokens": run["response_tokens"],
+                        "finetune_time_s": run["finetune_time_s"]})
+    kept = [row for row in rows.values() if row["is_lora_ft"] or "mmlu" in row["limits"]]
+    if not kept:
+        return pd.DataFrame()
+    for row in kept:
+        limits = row.pop("limits")
+        row.pop("is_lora_ft")
+        row["eval"] = ", ".join(f"{kind} {'full' if limit is None else f'limit={limit}'}"
+                                for kind, limit in sorted(limits.items()))
+    table = pd.DataFrame(kept)
+    if all(task in table for task in TASKS):
+        table["avg"] = table[list(TASKS)].mean(axis=1, skipna=False)
+    texts = [t for t in dict.fromkeys((*OFFLINE_TEXTS, *HUB_TEXTS)) if t in table]
+    metrics = [c for c in [*MMLU_COLUMNS.values(), *TASKS, "avg"] if c in table]
+    extra = [c for c in ["mmlu_questions", "steps", "response_tokens", "finetune_time_s"] if c in table]
+    order = {name: i for i, name in enumerate(["FP16", "NormalFloat", "NormalFloat + ICQ", "QLoRA", "IR-QLoRA"])}
+    table = table.sort_values(["model", "device", "wbits", "method"], ascending=[True, True, False, True],
+                              key=lambda c: c.map(order) if c.name == "method" else c)
+    return table[["model", "method", "wbits", "options", *metrics, *texts, *extra, "eval", "device"]].reset_index(drop=True)
+
+
+def finetune_loss_curves(records: list[dict[str, Any]], device: str) -> dict[str, dict[str, Any]]:
+    """'QLoRA W4' -> {"curve": the stored loss curve, "steps": its steps}: the fine-tuned runs measured on `device`."""
+    curves = {}
+    for record in records:
+        run = record.get("quantization", {})
+        if record["device"] == device and run.get("steps"):
+            key = record["key"]
+            label = f"{lora_ft_label(key)} W{key['wbits']:g}" + (f" [{options_label(key['options'])}]"
+                                                                 if key["options"] else "")
+            curves[label] = {"curve": run["loss_curve"], "steps": run["steps"]}
+    return dict(sorted(curves.items()))
+
+
+def paper_lora_ft_table() -> pd.DataFrame:
+    """The paper's LoRA-FT table (LLaMA3-8B, Alpaca), `paper/reference/paper_lora_ft.csv`."""
+    return pd.read_csv(PAPER_LORA_FT)
 
 
 def evaluations_table(records: list[dict[str, Any]]) -> pd.DataFrame:

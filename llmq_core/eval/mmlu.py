@@ -62,13 +62,14 @@ def write_if_changed(path: Path, text: str) -> None:
 
 
 def evaluate_mmlu(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, limit: int | None = None,
-                  batch_size: int = 16) -> dict[str, float]:
+                  batch_size: int = 16) -> dict[str, float | None]:
     """acc over all questions and per category, and the number of questions (`limit`: the first N of each subject)."""
     from llmq_core.eval.zeroshot import run_lm_eval  # its task manager indexes our MMLU tasks with the five others
 
     output = run_lm_eval(model, tokenizer, [GROUP], limit, batch_size, num_fewshot=NUM_FEWSHOT)
     results = output["results"]
-    metrics = {"acc": float(results[GROUP]["acc,none"]), "acc_stderr": float(results[GROUP]["acc_stderr,none"])}
+    stderr = results[GROUP]["acc_stderr,none"]  # "N/A" where a subject has one question (limit=1)
+    metrics = {"acc": float(results[GROUP]["acc,none"]), "acc_stderr": None if stderr == "N/A" else float(stderr)}
     metrics.update({category: float(results[f"{GROUP}_{category}"]["acc,none"]) for category in CATEGORIES})
     metrics["n"] = sum(int(n["effective"]) for n in output["n-samples"].values())
     return metrics

@@ -24,6 +24,7 @@ from llmq_core.assets import asset_path
 from llmq_core.errors import LlmqError
 
 IGNORE_INDEX = -100
+INSTRUCTION_SOURCES = ("sharegpt", "alpaca")
 ALPACA_PROMPT = ("Below is an instruction that describes a task. Write a response that appropriately completes "
                  "the request.\n\n### Instruction:\n{instruction}\n\n### Response: ")
 ALPACA_PROMPT_WITH_INPUT = ("Below is an instruction that describes a task, paired with an input that provides "

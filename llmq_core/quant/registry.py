@@ -5,6 +5,10 @@
 
 `quantize(model, spec, calibration)` changes `model` in place and returns a small dict of
 facts about what it did (e.g. the average bits per weight), which is stored with the results.
+
+A LoRA-FT method (track="lora_ft") registers the same way a function that builds its model instead:
+`prepare(model_name, spec, device, dtype) -> (model, tokenizer, report)`, the quantized base with its
+adapters, which `experiment.prepare_and_finetune` then fine-tunes.
 """
 
 from __future__ import annotations
@@ -29,12 +33,13 @@ class QuantSpec:
 
 
 QuantizeFn = Callable[[torch.nn.Module, QuantSpec, "torch.Tensor | None"], dict]
+PrepareFn = Callable[[str, QuantSpec, str, torch.dtype], tuple]  # the LoRA-FT track's
 
 
 @dataclass(frozen=True)
 class Method:
     name: str
-    quantize: QuantizeFn
+    quantize: QuantizeFn | PrepareFn  # PrepareFn where track == "lora_ft"
     wbits: tuple[float, ...]
     abits: tuple[int, ...]
     notebook: str  # relative to notebooks/
