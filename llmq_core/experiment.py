@@ -7,6 +7,7 @@ the results store does not already hold for this configuration.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -20,11 +21,11 @@ from llmq_core.errors import LlmqError
 from llmq_core.eval.mmlu import evaluate_mmlu
 from llmq_core.eval.perplexity import perplexity
 from llmq_core.eval.zeroshot import EXPENSIVE_TASKS, TASKS, check_task_name, evaluate_task
-from llmq_core.lora.finetune import finetune, loss_curve
+from llmq_core.lora.finetune import finetune, load_adapter_weights, loss_curve, save_adapter
 from llmq_core.lora.instructions import instruction_batches, load_instructions
 from llmq_core.models import check_model_available, default_dtype
 from llmq_core.quant import METHODS, QuantSpec, check_spec, get_method
-from llmq_core.results import ResultStore, Timer, peak_memory_mb
+from llmq_core.results import ResultStore, Timer, adapters_dir, key_hash, peak_memory_mb
 
 
 def parse_group_size(value: Any) -> int | None:
@@ -171,11 +172,14 @@ def quantize_model(model: PreTrainedModel, config: RunConfig,
             "quantize_peak_memory_mb": round(peak_memory_mb(config.device), 1)}
 
 
-def prepare_and_finetune(config: RunConfig, progress: bool = True
+def prepare_and_finetune(config: RunConfig, progress: bool = True, reuse: bool = True
                           ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict[str, Any], list[float]]:
     """A LoRA-FT configuration: its quantized base with adapters, fine-tuned for the `steps` option on the
     `instructions` option's data. Returns the model, its tokenizer, the report (times, steps, tokens, a
-    short loss curve, peak memory) that is stored with the results, and the loss of every step."""
+    short loss curve, peak memory) that is stored with the results, and the loss of every step.
+
+    The trained adapter and its report are kept in `adapters_dir()`; with `reuse`, a run of the same
+    configuration (e.g. a sweep resumed after a time limit) loads them instead of training again."""
     method = get_method(config.method)
     if method.track != "lora_ft":
         raise LlmqError(f"{method.name} is a post-training method: use load_model and quantize_model")
@@ -185,6 +189,15 @@ def prepare_and_finetune(config: RunConfig, progress: bool = True
         torch.cuda.reset_peak_memory_stats()
     with Timer() as prepare_timer:
         model, tokenizer, report = method.quantize(config.model, config.spec, config.device, config.dtype)
+    trained_as = {"model": config.model, "method": config.method, "wbits": config.wbits, "options": options,
+                  "seed": config.seed, "dtype": str(config.dtype)}
+    saved = adapters_dir() / key_hash(trained_as)
+    if reuse and (saved / "report.json").exists():
+        load_adapter_weights(model, saved)
+        model.eval()  # peft leaves it in training mode: LoRA's dropout would stay on
+        finished = json.loads((saved / "report.json").read_text())
+        losses = finished.pop("losses")
+        return model, tokenizer, {**finished, "adapter_reused_from": str(saved)}, losses
     records = load_instructions(options["instructions"])
     batches = instruction_batches(records, tokenizer, options["train_batch_size"], options["source_max_len"],
                                   options["target_max_len"], config.seed)
@@ -195,6 +208,11 @@ def prepare_and_finetune(config: RunConfig, progress: bool = True
               "instructions": options["instructions"], "instruction_pairs": len(records),
               "loss_curve": loss_curve(trained["losses"]),
               "finetune_peak_memory_mb": round(peak_memory_mb(config.device), 1)}
+    if options["steps"]:
+        save_adapter(model, saved)
+        (saved / "report.json").write_text(json.dumps({**report, "losses": trained["losses"]}))
+    if config.device.startswith("cuda"):
+        torch.cuda.empty_cache()  # the training's cached blocks, for the other runs sharing the GPU
     return model, tokenizer, report, trained["losses"]
 
 

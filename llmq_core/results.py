@@ -40,6 +40,11 @@ def output_dir() -> Path:
     return Path(os.environ.get("LLMQ_OUTPUT", REPO_ROOT))
 
 
+def adapters_dir() -> Path:
+    """Where fine-tuned adapters are kept, so that a resumed run evaluates them instead of training again."""
+    return Path(os.environ.get("LLMQ_ADAPTERS", REPO_ROOT / "runs" / "adapters"))
+
+
 def key_hash(key: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 

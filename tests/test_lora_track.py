@@ -4,6 +4,7 @@ and the LoRA-FT table."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 from llmq_core.errors import LlmqError
 from llmq_core.experiment import RunConfig, prepare_and_finetune, quantize_model
@@ -47,10 +48,13 @@ def test_each_track_has_its_own_entry_point(tiny_llama):
         prepare_and_finetune(RunConfig(method="rtn", wbits=4))
 
 
-def test_prepare_and_finetune_trains_the_adapters_of_the_nf_base_and_reports_the_run(cached_model):
+def test_prepare_and_finetune_trains_the_adapters_of_the_nf_base_and_reports_the_run(cached_model, tmp_path,
+                                                                                     monkeypatch):
+    monkeypatch.setenv("LLMQ_ADAPTERS", str(tmp_path))
     options = {"steps": 2, "train_batch_size": 2, "source_max_len": 32, "target_max_len": 16, "rank": 8}
     config = RunConfig(method="qlora", wbits=3, options=options)
     model, tokenizer, report, losses = prepare_and_finetune(config, progress=False)
+    assert "adapter_reused_from" not in report
     assert report["steps"] == 2 and len(losses) == 2 and report["loss_curve"] == pytest.approx(losses, abs=1e-4)
     assert 0 < report["response_tokens"] <= 2 * 2 * 16 and report["instructions"] == "sharegpt"
     lora_b = [p for name, p in model.named_parameters() if "lora_B" in name]
@@ -101,3 +105,18 @@ def test_the_lora_ft_table_has_the_papers_rows_and_columns_and_keeps_devices_apa
     assert table.set_index("device").loc["NVIDIA H200, float32", "mmlu_avg"] == pytest.approx(60)
     # the PTQ table leaves the LoRA-FT track and MMLU out
     assert set(ptq_table(records)["method"]) == {"FP16"}
+
+
+def test_a_trained_adapter_is_reused_by_the_same_configuration_and_retrained_on_request(cached_model, tmp_path,
+                                                                                       monkeypatch):
+    monkeypatch.setenv("LLMQ_ADAPTERS", str(tmp_path))
+    options = {"steps": 1, "train_batch_size": 2, "source_max_len": 32, "target_max_len": 16, "rank": 4}
+    config = RunConfig(method="qlora", wbits=2, options=options)
+    model, tokenizer, report, losses = prepare_and_finetune(config, progress=False)
+    again, _, reused, reused_losses = prepare_and_finetune(config, progress=False)
+    assert reused["adapter_reused_from"] and reused_losses == losses and reused["steps"] == report["steps"]
+    batch = tokenizer(["The capital of France is"], return_tensors="pt")
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, again(**batch).logits)
+    _, _, retrained, _ = prepare_and_finetune(config, progress=False, reuse=False)
+    assert "adapter_reused_from" not in retrained
