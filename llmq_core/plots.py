@@ -149,8 +149,8 @@ def plot_loss_curves(curves: dict[str, list[float]], steps: dict[str, int], path
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
     for label, curve in curves.items():
         ax.plot([(i + 0.5) * steps[label] / len(curve) for i in range(len(curve))], curve, label=label)
-    ax.set(xlabel="step", ylabel="training loss (response tokens)", title=title)
-    ax.legend(frameon=False, fontsize=8)
+    ax.set(xlabel="step", ylabel="training loss (response tokens, log)", title=title, yscale="log")
+    ax.legend(frameon=False, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)

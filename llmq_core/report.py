@@ -120,9 +120,13 @@ def lora_ft_table(records: list[dict[str, Any]]) -> pd.DataFrame:
     their average (accuracy in %), then our perplexities and the fine-tune's steps, tokens and time.
 
     One row per configuration and device: the quick CPU rows and the full GPU rows are never mixed.
-    The FP16 rows are the FP16 configurations that have an MMLU record."""
+    An FP16 row is kept where it has an MMLU record, or where its dtype and evaluation sizes are those of a
+    LoRA-FT row (then its MMLU cells are empty until measured)."""
     rows: dict[tuple, dict[str, Any]] = {}
+    by_device: dict[tuple, list[dict[str, Any]]] = {}
     for record in records:
+        by_device.setdefault((record["device"], record["key"]["dtype"]), []).append(record)
+    for record in [best for group in by_device.values() for best in best_records(group)]:
         key, metrics = record["key"], record["metrics"]
         lora_ft = get_method(key["method"]).track == "lora_ft"
         if not (lora_ft or key["method"] == "fp16"):
@@ -131,8 +135,10 @@ def lora_ft_table(records: list[dict[str, Any]]) -> pd.DataFrame:
         row = rows.setdefault(slot, {
             "model": PAPER_NAMES.get(key["model"], key["model"]), "method": lora_ft_label(key),
             "wbits": key["wbits"], "options": options_label(key["options"]), "device": f"{record['device']}, {key['dtype']}",
-            "is_lora_ft": lora_ft, "limits": {}})
+            "is_lora_ft": lora_ft, "limits": {}, "sizes": set()})
         row["limits"][key["kind"]] = key["limit"]
+        if key["kind"] != "mmlu":
+            row["sizes"].add((key["kind"], key["limit"], key["seqlen"]))
         if key["kind"] == "mmlu":
             row.update({column: 100 * metrics[name] for name, column in MMLU_COLUMNS.items()})
             row["mmlu_questions"] = metrics["n"]
@@ -144,12 +150,15 @@ def lora_ft_table(records: list[dict[str, Any]]) -> pd.DataFrame:
             run = record["quantization"]
             row.update({"steps": run["steps"], "response_tokens": run["response_tokens"],
                         "finetune_time_s": run["finetune_time_s"]})
-    kept = [row for row in rows.values() if row["is_lora_ft"] or "mmlu" in row["limits"]]
+    dtype = {slot: slot[2] for slot in rows}
+    lora_ft_sizes = {(dtype[slot], size) for slot, row in rows.items() if row["is_lora_ft"] for size in row["sizes"]}
+    kept = [row for slot, row in rows.items() if row["is_lora_ft"] or "mmlu" in row["limits"]
+            or (row["sizes"] and all((dtype[slot], size) in lora_ft_sizes for size in row["sizes"]))]
     if not kept:
         return pd.DataFrame()
     for row in kept:
         limits = row.pop("limits")
-        row.pop("is_lora_ft")
+        row.pop("is_lora_ft"), row.pop("sizes")
         row["eval"] = ", ".join(f"{kind} {'full' if limit is None else f'limit={limit}'}"
                                 for kind, limit in sorted(limits.items()))
     table = pd.DataFrame(kept)
@@ -158,6 +167,7 @@ def lora_ft_table(records: list[dict[str, Any]]) -> pd.DataFrame:
     texts = [t for t in dict.fromkeys((*OFFLINE_TEXTS, *HUB_TEXTS)) if t in table]
     metrics = [c for c in [*MMLU_COLUMNS.values(), *TASKS, "avg"] if c in table]
     extra = [c for c in ["mmlu_questions", "steps", "response_tokens", "finetune_time_s"] if c in table]
+    table = table.astype({c: "Int64" for c in ["mmlu_questions", "steps", "response_tokens"] if c in table})
     order = {name: i for i, name in enumerate(["FP16", "NormalFloat", "NormalFloat + ICQ", "QLoRA", "IR-QLoRA"])}
     table = table.sort_values(["model", "device", "wbits", "method"], ascending=[True, True, False, True],
                               key=lambda c: c.map(order) if c.name == "method" else c)
@@ -262,11 +272,15 @@ def full_sweep_rows(records: list[dict[str, Any]], methods: list[str]) -> pd.Dat
 def readable(table: pd.DataFrame) -> pd.DataFrame:
     """The table for reading: no standard-error columns, per-channel as an empty group size."""
     shown = table.drop(columns=[c for c in table.columns if c.startswith("stderr_")])
-    return shown.assign(group_size=shown["group_size"].astype("Int64")).astype(object).where(shown.notna(), None)
+    if "group_size" in shown:
+        shown = shown.assign(group_size=shown["group_size"].astype("Int64"))
+    return shown.astype(object).where(shown.notna(), None)
 
 
-def write_ptq_tables(table: pd.DataFrame, out_dir: Path, preamble: str = "", name: str = "ptq") -> None:
+def write_tables(table: pd.DataFrame, out_dir: Path, preamble: str = "", name: str = "ptq") -> None:
     """<name>.csv (full precision, with the accuracies' standard errors) and <name>.md (rounded, for reading)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    table.assign(group_size=table["group_size"].astype("Int64")).to_csv(out_dir / f"{name}.csv", index=False)
+    if "group_size" in table:
+        table = table.assign(group_size=table["group_size"].astype("Int64"))
+    table.to_csv(out_dir / f"{name}.csv", index=False)
     (out_dir / f"{name}.md").write_text(preamble + to_markdown(readable(table)))

@@ -3,6 +3,7 @@ and the LoRA-FT table."""
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 
@@ -94,15 +95,21 @@ def test_the_lora_ft_table_has_the_papers_rows_and_columns_and_keeps_devices_apa
                 lora_record(qlora, "mmlu", mmlu_metrics(0.35), steps=4),
                 lora_record(qlora, "mmlu", mmlu_metrics(0.6), device="NVIDIA H200", steps=4),
                 lora_record(fp16_without_mmlu, "piqa", {"acc": 0.9})]
+    gpu_fp16 = RunConfig(method="fp16", limit=50, mmlu_limit=1)  # no MMLU, but the GPU QLoRA row's sizes
+    records += [lora_record(gpu_fp16, "piqa", {"acc": 0.7}, device="NVIDIA H100"),  # another GPU, same sizes
+                lora_record(qlora, "piqa", {"acc": 0.6}, device="NVIDIA H200", steps=4)]
     table = lora_ft_table(records)
-    assert list(table["method"]) == ["QLoRA", "FP16", "NormalFloat", "QLoRA"]  # the GPU row first, then by bits
+    assert list(table["method"]) == ["FP16", "QLoRA", "FP16", "NormalFloat", "QLoRA"]  # by device, then bits
+    assert list(table["device"])[:2] == ["NVIDIA H100, float32", "NVIDIA H200, float32"]
     assert list(table.columns[4:14]) == ["mmlu_humanities", "mmlu_stem", "mmlu_social", "mmlu_other", "mmlu_avg",
                                          *TASKS]
     cpu = table[table["device"] == "cpu, float32"].set_index("method")
     assert cpu.loc["QLoRA", "mmlu_avg"] == pytest.approx(35) and cpu.loc["QLoRA", "avg"] == pytest.approx(50)
     assert cpu.loc["QLoRA", "steps"] == 4 and cpu.loc["QLoRA", "response_tokens"] == 400
     assert cpu.loc["FP16", "eval"] == "mmlu limit=1, zeroshot limit=50"
-    assert table.set_index("device").loc["NVIDIA H200, float32", "mmlu_avg"] == pytest.approx(60)
+    gpu = table[table["device"].str.startswith("NVIDIA")].set_index("method")
+    assert gpu.loc["QLoRA", "mmlu_avg"] == pytest.approx(60) and pd.isna(gpu.loc["FP16", "mmlu_avg"])
+    assert gpu.loc["FP16", "piqa"] == pytest.approx(70)
     # the PTQ table leaves the LoRA-FT track and MMLU out
     assert set(ptq_table(records)["method"]) == {"FP16"}
 

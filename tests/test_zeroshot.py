@@ -63,3 +63,49 @@ def test_piqa_accuracy_matches_an_independent_log_likelihood_computation(cached_
     metrics = zeroshot.evaluate_task(model, tokenizer, "piqa", limit=limit, batch_size=4)
     assert metrics["n"] == limit
     assert metrics["acc"] == pytest.approx(correct / limit)
+
+
+def test_mmlu_through_lm_eval_equals_our_own_5_shot_scoring_of_the_same_questions(cached_model):
+    """An independent computation of 5-shot MMLU: the prompt built by hand from the local data (lm-eval's
+    format: the subject's description, five dev examples with their answers, the question), each answer
+    letter scored by the model's log-likelihood, the accuracy counted per question. A tiny random model, so
+    that the 57 five-shot prompts are cheap."""
+    import yaml
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from llmq_core.eval.mmlu import CATEGORIES, evaluate_mmlu, lm_eval_mmlu_dir, subject_categories
+
+    tokenizer = cached_model[1]
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096)
+    model = LlamaForCausalLM(config).eval()
+
+    def as_text(doc: dict) -> str:
+        return (f"{doc['question'].strip()}\nA. {doc['choices'][0]}\nB. {doc['choices'][1]}\n"
+                f"C. {doc['choices'][2]}\nD. {doc['choices'][3]}\nAnswer:")
+
+    correct: dict[str, list[bool]] = {category: [] for category in CATEGORIES}
+    for subject, category in subject_categories().items():
+        folder = asset_path("tasks") / "mmlu" / subject
+        dev = datasets.Dataset.from_file(str(folder / "dev.arrow"))
+        question = datasets.Dataset.from_file(str(folder / "test.arrow"))[0]
+        description = yaml.safe_load((lm_eval_mmlu_dir() / f"mmlu_{subject}.yaml").read_text())["description"]
+        context = description + "".join(f"{as_text(d)} {'ABCD'[d['answer']]}\n\n" for d in dev.select(range(5)))
+        context += as_text(question)
+        context_ids = tokenizer(context, add_special_tokens=False).input_ids
+        scores = []
+        for letter in "ABCD":
+            ids = tokenizer(context + " " + letter, add_special_tokens=False).input_ids
+            with torch.no_grad():  # the log-probabilities of the answer's tokens only
+                hidden = model.model(torch.tensor([ids])).last_hidden_state[0, len(context_ids) - 1:-1]
+                logprobs = model.lm_head(hidden).log_softmax(-1)
+            scores.append(sum(float(logprobs[i, token]) for i, token in enumerate(ids[len(context_ids):])))
+        correct[category].append(max(range(4), key=scores.__getitem__) == question["answer"])
+
+    measured = evaluate_mmlu(model, tokenizer, limit=1, batch_size=8)
+    every = [c for answers in correct.values() for c in answers]
+    assert measured["n"] == len(every) == 57
+    assert measured["acc"] == pytest.approx(sum(every) / len(every))
+    for category, answers in correct.items():
+        assert measured[category] == pytest.approx(sum(answers) / len(answers))

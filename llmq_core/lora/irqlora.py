@@ -149,7 +149,8 @@ def attach_elastic_connections(model: PreTrainedModel) -> None:
                     if max(projection.in_features, projection.out_features) % min(projection.in_features,
                                                                                    projection.out_features):
                         raise ValueError(f"IEC needs the layer's widths divisible by r; got {projection}")
-                    projection.elastic_scale = torch.nn.Parameter(projection.weight.new_zeros(1))
+                    # (1, 1), not (1,): peft warns on save of a 1-D lora_A / B tensor (an ungathered shard)
+                    projection.elastic_scale = torch.nn.Parameter(projection.weight.new_zeros(1, 1))
                     projection.register_forward_hook(hook)
 
 
