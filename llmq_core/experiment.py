@@ -194,7 +194,6 @@ def prepare_and_finetune(config: RunConfig, progress: bool = True, reuse: bool =
     saved = adapters_dir() / key_hash(trained_as)
     if reuse and (saved / "report.json").exists():
         load_adapter_weights(model, saved)
-        model.eval()  # peft leaves it in training mode: LoRA's dropout would stay on
         finished = json.loads((saved / "report.json").read_text())
         losses = finished.pop("losses")
         return model, tokenizer, {**finished, "adapter_reused_from": str(saved)}, losses

@@ -37,6 +37,14 @@ def _coverage(key: dict[str, Any]) -> tuple[float, int]:
     return (float("inf") if key["limit"] is None else key["limit"], key["seqlen"] or 0)
 
 
+def by_device(records: list[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
+    """The records grouped by (device, dtype): a CPU quick sweep and a GPU full sweep are never mixed."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for record in records:
+        groups.setdefault((record["device"], record["key"]["dtype"]), []).append(record)
+    return groups
+
+
 def best_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """For each configuration and target keep one record: the most complete evaluation (e.g. the
     GPU's full sets at seqlen 2048 over the quick CPU sweep's first 50 documents)."""
@@ -123,10 +131,7 @@ def lora_ft_table(records: list[dict[str, Any]]) -> pd.DataFrame:
     An FP16 row is kept where it has an MMLU record, or where its dtype and evaluation sizes are those of a
     LoRA-FT row (then its MMLU cells are empty until measured)."""
     rows: dict[tuple, dict[str, Any]] = {}
-    by_device: dict[tuple, list[dict[str, Any]]] = {}
-    for record in records:
-        by_device.setdefault((record["device"], record["key"]["dtype"]), []).append(record)
-    for record in [best for group in by_device.values() for best in best_records(group)]:
+    for record in [best for group in by_device(records).values() for best in best_records(group)]:
         key, metrics = record["key"], record["metrics"]
         lora_ft = get_method(key["method"]).track == "lora_ft"
         if not (lora_ft or key["method"] == "fp16"):
@@ -137,23 +142,20 @@ def lora_ft_table(records: list[dict[str, Any]]) -> pd.DataFrame:
             "wbits": key["wbits"], "options": options_label(key["options"]), "device": f"{record['device']}, {key['dtype']}",
             "is_lora_ft": lora_ft, "limits": {}, "sizes": set()})
         row["limits"][key["kind"]] = key["limit"]
-        if key["kind"] != "mmlu":
-            row["sizes"].add((key["kind"], key["limit"], key["seqlen"]))
-        if key["kind"] == "mmlu":
-            row.update({column: 100 * metrics[name] for name, column in MMLU_COLUMNS.items()})
-            row["mmlu_questions"] = metrics["n"]
-        elif key["kind"] == "zeroshot":
-            row[key["target"]] = 100 * metrics["acc"]
-        else:
-            row[key["target"]] = metrics["ppl"]
         if lora_ft and "steps" in record.get("quantization", {}):
             run = record["quantization"]
             row.update({"steps": run["steps"], "response_tokens": run["response_tokens"],
                         "finetune_time_s": run["finetune_time_s"]})
-    dtype = {slot: slot[2] for slot in rows}
-    lora_ft_sizes = {(dtype[slot], size) for slot, row in rows.items() if row["is_lora_ft"] for size in row["sizes"]}
+        if key["kind"] == "mmlu":
+            row.update({column: 100 * metrics[name] for name, column in MMLU_COLUMNS.items()})
+            row["mmlu_questions"] = metrics["n"]
+        else:
+            row["sizes"].add((key["kind"], key["limit"], key["seqlen"]))
+            row[key["target"]] = 100 * metrics["acc"] if key["kind"] == "zeroshot" else metrics["ppl"]
+    # slot[2] is the dtype: an FP16 row qualifies by dtype and sizes, whichever GPU measured it
+    lora_ft_sizes = {(slot[2], size) for slot, row in rows.items() if row["is_lora_ft"] for size in row["sizes"]}
     kept = [row for slot, row in rows.items() if row["is_lora_ft"] or "mmlu" in row["limits"]
-            or (row["sizes"] and all((dtype[slot], size) in lora_ft_sizes for size in row["sizes"]))]
+            or (row["sizes"] and all((slot[2], size) in lora_ft_sizes for size in row["sizes"]))]
     if not kept:
         return pd.DataFrame()
     for row in kept:
@@ -198,11 +200,7 @@ def evaluations_table(records: list[dict[str, Any]]) -> pd.DataFrame:
     Where a configuration was scored twice (the CPU quick sweep, the GPU full sweep), its rows
     stand next to each other, with the evaluation size and device of each.
     """
-    groups: dict[tuple, list[dict[str, Any]]] = {}
-    for record in records:
-        cpu_or_gpu = (record["device"], record["key"]["dtype"])
-        groups.setdefault(cpu_or_gpu, []).append(record)
-    tables = [ptq_table(group) for group in groups.values()]
+    tables = [ptq_table(group) for group in by_device(records).values()]
     table = pd.concat([t for t in tables if not t.empty], ignore_index=True)
     table = table.drop(columns=[c for c in table.columns if c.startswith("paper_")])
     order = ["model", "method", "options", "group_size", "wbits", "device"]

@@ -61,7 +61,7 @@ def attach_lora(model: PreTrainedModel, settings: LoraSettings) -> PreTrainedMod
     targets = sorted({name.rsplit(".", 1)[-1] for name in decoder_linears(model)})
     config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                         target_modules=targets, bias="none", task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
+    return get_peft_model(model, config).eval()  # peft leaves it training (dropout on); finetune() trains it
 
 
 def count_trainable_parameters(model: torch.nn.Module) -> int:
