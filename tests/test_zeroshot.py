@@ -109,3 +109,64 @@ def test_mmlu_through_lm_eval_equals_our_own_5_shot_scoring_of_the_same_question
     assert measured["acc"] == pytest.approx(sum(every) / len(every))
     for category, answers in correct.items():
         assert measured[category] == pytest.approx(sum(answers) / len(answers))
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(cached_model):
+    """A tiny random Llama with the real tokenizer: scoring paths compared on it cost nothing."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = cached_model[1]
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    return LlamaForCausalLM(config).eval(), tokenizer
+
+
+def loglikelihood_requests() -> list:
+    """Multi-token continuations of varied lengths, four one-letter answers sharing a context (lm-eval's
+    one-token cache), an empty context, and a context longer than the model's 64 positions (left-truncated)."""
+    from lm_eval.api.instance import Instance
+
+    pairs = [("Question: How do you boil an egg?\nAnswer:", " Put it in boiling water for eight minutes."),
+             ("Question: How do you boil an egg?\nAnswer:", " Freeze it."),
+             ("The cat sat on the", " mat"), ("", "An empty context is scored after the BOS token."),
+             ("Roses are red, violets are", " blue, sugar is sweet, and so are you."),
+             ("word " * 100, " and a continuation after a context that must be truncated")]
+    question = "The capital of France is\nA. Lyon\nB. Paris\nC. Nice\nD. Lille\nAnswer:"
+    pairs += [(question, f" {letter}") for letter in "ABCD"]
+    return [Instance(request_type="loglikelihood", doc={}, arguments=pair, idx=i) for i, pair in enumerate(pairs)]
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 16])
+def test_continuation_scoring_gives_hflms_answers(tiny_llama, batch_size):
+    from lm_eval.models.huggingface import HFLM
+
+    from llmq_core.eval.lm import ContinuationHFLM
+
+    model, tokenizer = tiny_llama
+    theirs = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size).loglikelihood(loglikelihood_requests())
+    ours = ContinuationHFLM(pretrained=model, tokenizer=tokenizer,
+                            batch_size=batch_size).loglikelihood(loglikelihood_requests())
+    assert [greedy for _, greedy in ours] == [greedy for _, greedy in theirs]
+    assert [logprob for logprob, _ in ours] == pytest.approx([logprob for logprob, _ in theirs], abs=1e-4)
+
+
+def test_continuation_scoring_computes_logits_only_where_continuations_are(tiny_llama):
+    from llmq_core.eval.lm import ContinuationHFLM
+
+    model, tokenizer = tiny_llama
+    shapes = []  # (input length, positions the head computed) of each forward
+    hook = model.lm_head.register_forward_hook(lambda module, args, output: shapes.append(output.shape[1]))
+    inputs = model.model.register_forward_pre_hook(
+        lambda module, args, kwargs: shapes.append(kwargs["input_ids"].shape[1]), with_kwargs=True)
+    try:
+        ContinuationHFLM(pretrained=model, tokenizer=tokenizer, batch_size=1).loglikelihood(loglikelihood_requests())
+    finally:
+        hook.remove()
+        inputs.remove()
+    lengths, kept = shapes[0::2], shapes[1::2]
+    # one forward per request, but one for the four answer letters; each computes its continuation's positions only
+    # (all of the input where the context is only the BOS token)
+    assert len(kept) == len(loglikelihood_requests()) - 3
+    assert sum(kept) < sum(lengths) / 3 and min(kept) == 1 and max(kept) < max(lengths)

@@ -3,7 +3,9 @@
 The task YAMLs in `tasks/` `include` lm-eval's own task files, so the prompts
 (doc_to_text / doc_to_choice / doc_to_target, hellaswag's process_docs, winogrande's
 partial scoring) are the official ones; they only point the data at the asset cache.
-lm-eval does all the scoring: no loop here compares log-likelihoods by hand.
+lm-eval builds the requests and computes the metrics; the log-likelihoods come from its HFLM
+model, through `lm.ContinuationHFLM`, which scores only the continuation positions and is tested
+to give HFLM's answers.
 """
 
 from __future__ import annotations
@@ -56,13 +58,16 @@ def check_task_name(task: str) -> None:
 
 
 def run_lm_eval(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task_names: list[str],
-                limit: int | None, batch_size: int, num_fewshot: int | None = None) -> dict:
-    """lm-eval's simple_evaluate on our task configs (the five tasks and MMLU); its whole output."""
+                limit: int | None, batch_size: int, num_fewshot: int | None = None, lm_class: type | None = None) -> dict:
+    """lm-eval's simple_evaluate on our task configs (the five tasks and MMLU); its whole output. The model is
+    lm-eval's HFLM scoring continuation positions only (`ContinuationHFLM`: same answers, less memory and time),
+    unless `lm_class` names another (bench/lm_eval_scoring.py passes HFLM itself)."""
     from lm_eval import simple_evaluate
-    from lm_eval.models.huggingface import HFLM
+
+    from llmq_core.eval.lm import ContinuationHFLM
 
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    lm = (lm_class or ContinuationHFLM)(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     with torch.no_grad():
         return simple_evaluate(model=lm, tasks=task_names, task_manager=task_manager(), num_fewshot=num_fewshot,
                                limit=limit, log_samples=False, verbosity="WARNING")

@@ -1,0 +1,105 @@
+"""lm-eval's HuggingFace model (HFLM), scoring only the positions that hold continuation tokens.
+
+HFLM takes log_softmax over the whole vocabulary at every position of every padded input, and
+then reads a few positions of each row, with several device round trips per request. On a
+5-shot MMLU batch of 32 x 2048 tokens that is 13 GB of fp32 log-probabilities (about 30 GB at
+peak), and on a GPU the per-request round trips, not the model, set the pace.
+
+`ContinuationHFLM` keeps everything lm-eval decides: the requests and their tokens, the order,
+the batches, the one-token-continuation cache (MMLU's four answer letters share one forward
+pass) and the (log-likelihood, is-greedy) answers. It changes how a batch is scored: the model
+computes logits only for the last positions that hold continuations (transformers'
+`logits_to_keep`), log_softmax runs over those, and every request's sum and greedy match are
+gathered at once, with one copy back to the host per batch. tests/test_zeroshot.py checks
+that its answers equal HFLM's.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+
+import torch
+import torch.nn.functional as F
+from lm_eval.models.huggingface import HFLM
+from lm_eval.models.utils import Collator
+from tqdm import tqdm
+
+Request = tuple[tuple[str, str], list[int], list[int]]  # (strings, context tokens, continuation tokens)
+
+
+def accepts_logits_to_keep(model: torch.nn.Module) -> bool:
+    """Whether the (peft-unwrapped) model's forward can compute logits for the last positions only."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+class ContinuationHFLM(HFLM):
+    """HFLM whose log-likelihoods come from the continuation positions alone (decoder-only models)."""
+
+    def _loglikelihood_tokens(self, requests: list[Request], disable_tqdm: bool = False,
+                              override_bs: int | None = None) -> list[tuple[float, bool]]:
+        if self.backend != "causal" or self.batch_size == "auto" or override_bs is not None:
+            return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
+        # HFLM's own ordering (longest first) and grouping (same context and continuation but its last token)
+        ordered = Collator(requests, sort_fn=lambda req: (-len(req[1] + req[2]), tuple(req[1] + req[2])),
+                           group_by="contexts" if self.logits_cache else None,
+                           group_fn=lambda req: req[-2] + req[-1][:-1])
+        answers: list[tuple[float, bool]] = []
+        progress = tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0,
+                        desc="Running loglikelihood requests")
+        for chunk in ordered.get_batched(n=self.batch_size):
+            # the inputs as HFLM builds them: context + continuation, left-truncated, without its last token
+            inputs = [(context + continuation)[-(self.max_length + 1):][:-1] for _, context, continuation in chunk]
+            # each request this chunk answers: its row, strings and continuation (a cache hit adds the group's others)
+            scored = [(row, strings, continuation)
+                      for row, (strings, context, continuation) in enumerate(chunk)
+                      for strings, continuation, _ in ordered.get_cache(strings, context, continuation,
+                                                                        torch.empty(1, 1, 1))]
+            for strings, answer in zip([s for _, s, _ in scored], self._score_batch(inputs, scored), strict=True):
+                answers.append(answer)
+                if strings is not None:
+                    self.cache_hook.add_partial("loglikelihood", strings, answer)
+                progress.update(1)
+        progress.close()
+        return ordered.get_original(answers)
+
+    def _score_batch(self, inputs: list[list[int]], scored: list[tuple[int, tuple[str, str], list[int]]]
+                     ) -> list[tuple[float, bool]]:
+        """(sum of the continuation's log-probabilities, whether each of its tokens is the argmax) per scored request."""
+        lengths = [len(tokens) for tokens in inputs]
+        batch = torch.zeros(len(inputs), max(lengths), dtype=torch.long)  # right-padded with 0, as HFLM pads
+        for row, tokens in enumerate(inputs):
+            batch[row, :len(tokens)] = torch.tensor(tokens)
+        # The logits at position p predict token p + 1, so a continuation of n tokens at the end of an input of
+        # length L is scored by positions L - n ... L - 1; keep from the first such position of the batch.
+        first = min(lengths[row] - len(continuation) for row, _, continuation in scored)
+        keep = max(lengths) - first
+        rows, positions, tokens, owners = [], [], [], []
+        for index, (row, _, continuation) in enumerate(scored):
+            start = lengths[row] - len(continuation) - first
+            rows += [row] * len(continuation)
+            positions += range(start, start + len(continuation))
+            tokens += continuation
+            owners += [index] * len(continuation)
+        rows, positions, tokens, owners = torch.tensor([rows, positions, tokens, owners]).to(self.device)
+        logprobs = F.log_softmax(self._last_logits(batch.to(self.device), keep)[rows, positions], dim=-1,
+                                 dtype=self.softmax_dtype)
+        token_logprobs = logprobs.gather(1, tokens[:, None]).squeeze(1)
+        misses = (logprobs.argmax(dim=-1) != tokens).to(token_logprobs.dtype)
+        totals = torch.zeros(2, len(scored), dtype=token_logprobs.dtype, device=logprobs.device)
+        totals[0].index_add_(0, owners, token_logprobs)
+        totals[1].index_add_(0, owners, misses)
+        sums, missed = totals.tolist()
+        return [(total, miss == 0) for total, miss in zip(sums, missed, strict=True)]
+
+    @functools.cached_property
+    def _keeps_last_logits(self) -> bool:
+        return accepts_logits_to_keep(self.model)
+
+    def _last_logits(self, batch: torch.Tensor, keep: int) -> torch.Tensor:
+        """The model's logits for the last `keep` positions of each row: [batch, keep, vocab]."""
+        extra = {"logits_to_keep": keep} if self._keeps_last_logits else {}
+        with torch.no_grad(), torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype,
+                                             enabled=self.mixed_precision_dtype is not None):
+            return self.model(batch, **extra).logits[:, -keep:]
