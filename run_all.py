@@ -6,10 +6,13 @@
     python run_all.py --sweep sweeps/full.yaml --method rtn --wbits 4 --group-size 128   # one config, full size
     python run_all.py --list                  # methods and the bits they support
     python run_all.py --dry-run               # print the plan, run nothing
+    python run_all.py --device cuda --gpus 2 --jobs 4   # one worker set per GPU: 4 notebooks on each of 2 GPUs
+    python run_all.py --device cuda --shard 0/8 # the first of 8 parts (a cluster array job); then --summary-only
 
 Executed notebooks go to runs/<sweep>/. Numbers go to the results store (results/), which
 is reused: a configuration already measured is not recomputed unless --force is given, so an
-interrupted sweep resumes where it stopped. The summary notebook then rebuilds figures/ and
+interrupted sweep resumes where it stopped. Each notebook runs in a papermill process of its own,
+so that concurrent notebooks each have their own working folder and, with --gpus, their own GPU. The summary notebook then rebuilds figures/ and
 paper/tables/ from every record in the store.
 """
 
@@ -17,7 +20,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import queue
+import subprocess
 import sys
+import tempfile
+import threading
 from pathlib import Path
 
 import yaml
@@ -58,12 +65,47 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--calibration", help="calibration text of the methods that need one")
     parser.add_argument("--nsamples", type=int, help="calibration windows (the paper: 128)")
     parser.add_argument("--calib-seqlen", dest="calib_seqlen", type=int, help="tokens per calibration window")
-    parser.add_argument("--jobs", type=int, default=1, help="configurations run at once (default 1). On a GPU "
-                        "a small model leaves it idle while lm-eval's Python runs: 4-8 jobs share it well")
+    parser.add_argument("--jobs", type=int, default=1, help="configurations run at once (default 1), on each GPU "
+                        "with --gpus. On a GPU a small model leaves it idle while lm-eval's Python runs: 4-8 jobs "
+                        "share it well")
+    parser.add_argument("--gpus", type=int, default=0, help="spread the configurations over this many GPUs "
+                        "(of those CUDA_VISIBLE_DEVICES lists), --jobs notebooks on each; they share one results store")
+    parser.add_argument("--shard", type=parse_shard, help="i/N: run only the i-th of N parts of the sweep (0 <= i < N; "
+                        "a configuration is in part k when its place in the sweep is k modulo N), for a cluster's "
+                        "array job on a shared results store; skips the summary (then run --summary-only)")
+    parser.add_argument("--summary-only", action="store_true", help="only rebuild figures/ and paper/tables/ "
+                        "from the results store")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     parser.add_argument("--force", action="store_true", help="recompute and replace existing results")
     parser.add_argument("--no-summary", action="store_true", help="skip the summary notebook (figures and tables)")
     return parser.parse_args(argv)
+
+
+def parse_shard(value: str) -> tuple[int, int]:
+    """"3/8" -> (3, 8): the fourth of eight parts."""
+    index, _, count = value.partition("/")
+    if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
+        raise argparse.ArgumentTypeError(f"--shard takes i/N with 0 <= i < N (e.g. 0/4), not {value!r}")
+    return int(index), int(count)
+
+
+def shard(configs: list[RunConfig], index: int, count: int) -> list[RunConfig]:
+    """Part `index` of `count`: every count-th configuration from the index-th, so that each part gets some of
+    the sweep's heavy first entries, and the parts together are the sweep, each configuration in one."""
+    return configs[index::count]
+
+
+def gpu_ids(count: int) -> list[str]:
+    """The first `count` GPUs this process may use, as CUDA_VISIBLE_DEVICES names them (or numbers them)."""
+    import torch
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [gpu.strip() for gpu in visible.split(",") if gpu.strip()] if visible is not None else \
+        [str(i) for i in range(torch.cuda.device_count())]
+    if count > len(ids):
+        raise LlmqError(f"--gpus {count} asked for, but {len(ids)} GPU(s) can be used here; use --gpus {len(ids)} "
+                        "or fewer" if ids else f"--gpus {count} asked for, but torch sees no CUDA GPU")
+    return ids[:count]
 
 
 def plan(args: argparse.Namespace) -> tuple[str, list[RunConfig]]:
@@ -92,15 +134,24 @@ def run_slug(config: RunConfig) -> str:
     return f"{config.model.replace('/', '_')}--{config.method}-w{config.wbits:g}a{config.abits}-{group}{options}"
 
 
-def execute(notebook: Path, output: Path, parameters: dict) -> None:
-    import papermill
-
+def execute(notebook: Path, output: Path, parameters: dict, gpu: str | None = None) -> None:
+    """Run `notebook` with `parameters` into `output` in a papermill process of its own: its kernel starts in the
+    notebook's folder and, with `gpu`, sees only that GPU. Raises RuntimeError with papermill's last error line."""
+    env = dict(os.environ)
     # Progress bars in a saved notebook are lines of text: update them at most every 10 s (tqdm reads TQDM_*).
-    os.environ.setdefault("TQDM_MININTERVAL", "10")
-
+    env.setdefault("TQDM_MININTERVAL", "10")
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
     output.parent.mkdir(parents=True, exist_ok=True)
-    papermill.execute_notebook(str(notebook), str(output), parameters=parameters, kernel_name="python3",
-                               cwd=str(notebook.parent), progress_bar=False, log_output=False)
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as values:
+        yaml.safe_dump(parameters, values)
+        values.flush()
+        done = subprocess.run([sys.executable, "-m", "papermill", str(notebook), str(output), "-f", values.name,
+                               "--cwd", str(notebook.parent), "-k", "python3", "--no-progress-bar"],
+                              env=env, capture_output=True, text=True)
+    if done.returncode:
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        raise RuntimeError(lines[-1] if lines else f"papermill exited with {done.returncode}")
 
 
 def notebook_parameters(config: RunConfig, force: bool) -> dict:
@@ -117,36 +168,48 @@ def notebook_parameters(config: RunConfig, force: bool) -> dict:
     return {**{k: values[k] for k in names}, "force": force}
 
 
-def run_configs(configs: list[RunConfig], runs: Path, force: bool, jobs: int = 1) -> list[str]:
-    """Execute each configuration's notebook, `jobs` at a time; the slugs of those that failed.
+def run_configs(configs: list[RunConfig], runs: Path, force: bool, jobs: int = 1,
+                gpus: list[str] | None = None) -> list[str]:
+    """Execute each configuration's notebook, `jobs` at a time (on each of `gpus`); the slugs of those that failed.
 
-    A failing configuration is reported and the others go on. Jobs write different records,
-    and the store writes each record atomically, so concurrent notebooks cannot clash.
+    Workers take the next configuration in sweep order as they free up, so each runs exactly once. A failing
+    configuration is reported and the others go on. Jobs write different records, and the store writes each
+    record atomically, so concurrent notebooks cannot clash.
     """
-    from concurrent.futures import ThreadPoolExecutor, as_completed
+    from concurrent.futures import ThreadPoolExecutor
 
     from tqdm import tqdm
 
-    if jobs > 1:  # the kernels share the cores instead of each taking all of them
-        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
+    workers = [gpu for gpu in gpus for _ in range(jobs)] if gpus else [None] * jobs
+    if len(workers) > 1:  # the kernels share the cores instead of each taking all of them
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // len(workers))))
+    todo: queue.SimpleQueue[RunConfig] = queue.SimpleQueue()
+    for config in configs:
+        todo.put(config)
+    failed, lock = [], threading.Lock()
+    bar = tqdm(total=len(configs), desc=f"sweep {runs.name}", unit="config")
 
-    def run(config: RunConfig) -> str | None:
-        notebook = NOTEBOOKS / get_method(config.method).notebook
-        try:
-            execute(notebook, runs / f"{run_slug(config)}.ipynb", notebook_parameters(config, force))
-        except Exception as error:
-            return str(error).strip().splitlines()[-1] if str(error).strip() else repr(error)
-        return None
+    def work(gpu: str | None) -> None:
+        while True:
+            try:
+                config = todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                execute(NOTEBOOKS / get_method(config.method).notebook, runs / f"{run_slug(config)}.ipynb",
+                        notebook_parameters(config, force), gpu)
+                error = None
+            except Exception as exception:
+                error = str(exception).strip().splitlines()[-1] if str(exception).strip() else repr(exception)
+            with lock:
+                if error is not None:
+                    failed.append(run_slug(config))
+                    tqdm.write(f"FAILED {run_slug(config)}: {error}", file=sys.stderr)
+                bar.update()
 
-    failed = []
-    with ThreadPoolExecutor(max_workers=jobs) as pool, \
-            tqdm(total=len(configs), desc=f"sweep {runs.name}", unit="config") as bar:
-        futures = {pool.submit(run, config): config for config in configs}
-        for future in as_completed(futures):
-            if future.result() is not None:
-                failed.append(run_slug(futures[future]))
-                tqdm.write(f"FAILED {run_slug(futures[future])}: {future.result()}", file=sys.stderr)
-            bar.update()
+    with ThreadPoolExecutor(max_workers=len(workers)) as pool:
+        list(pool.map(work, workers))
+    bar.close()
     return failed
 
 
@@ -160,9 +223,15 @@ def main(argv: list[str] | None = None) -> int:
                 if method.options:
                     print(f"{'':12s} options: {', '.join(f'{k}={v!r}' for k, v in method.options.items())}")
             return 0
-        if args.jobs < 1:
-            raise LlmqError(f"--jobs must be at least 1, not {args.jobs}")
+        if args.summary_only:
+            return build_summary(ROOT / "runs")
+        if args.jobs < 1 or args.gpus < 0:
+            raise LlmqError(f"--jobs must be at least 1 and --gpus at least 0, not {args.jobs} and {args.gpus}")
+        gpus = gpu_ids(args.gpus) if args.gpus else None
         sweep, configs = plan(args)
+        if args.shard:
+            configs = shard(configs, *args.shard)
+            sweep = f"{sweep}-shard{args.shard[0]}of{args.shard[1]}"
         for config in configs:
             config.validate()
             if not (NOTEBOOKS / get_method(config.method).notebook).exists():
@@ -177,18 +246,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {run_slug(config):48s} {get_method(config.method).notebook}")
     if args.dry_run:
         return 0
-    failed = run_configs(configs, runs, args.force, args.jobs)
-    if not args.no_summary:
-        try:
-            execute(SUMMARY, runs / "summary.ipynb", {})
-            print("figures/ and paper/tables/ rebuilt from the results store")
-        except Exception as error:
-            failed.append("summary")
-            print(f"FAILED summary: {error}", file=sys.stderr)
+    failed = run_configs(configs, runs, args.force, args.jobs, gpus)
+    if args.shard:
+        print("a shard leaves the summary to one run after all of them: python run_all.py --summary-only")
+    elif not args.no_summary and build_summary(runs):
+        failed.append("summary")
     if failed:
         print(f"{len(failed)} failed: {', '.join(failed)} (executed notebooks with the error are in {runs})",
               file=sys.stderr)
         return 1
+    return 0
+
+
+def build_summary(runs: Path) -> int:
+    """Execute the summary notebook (figures/ and paper/tables/ from the results store); 1 if it failed."""
+    try:
+        execute(SUMMARY, runs / "summary.ipynb", {})
+    except Exception as error:
+        print(f"FAILED summary: {error}", file=sys.stderr)
+        return 1
+    print("figures/ and paper/tables/ rebuilt from the results store")
     return 0
 
 

@@ -111,14 +111,25 @@ class ResultStore:
     def write(self, record: dict[str, Any], replace: bool = False) -> dict[str, Any]:
         """Store a complete record as it is (also one measured elsewhere, e.g. on a GPU node)."""
         path = self.path(record["key"])
+        exists = LlmqError(f"a result for this configuration exists already ({path}); "
+                           "pass --force (force=True) to recompute and replace it")
         if path.exists() and not replace:
-            raise LlmqError(f"a result for this configuration exists already ({path}); "
-                            "pass --force (force=True) to recompute and replace it")
+            raise exists
         path.parent.mkdir(parents=True, exist_ok=True)
         # Write beside the target, then rename: a killed run leaves the old record or the new one, never half.
         with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
             json.dump(record, tmp, indent=1, sort_keys=True)
-        os.replace(tmp.name, path)
+        if replace:
+            os.replace(tmp.name, path)
+            return record
+        # A hard link fails where the name exists: of two workers (or machines on a shared store) writing the
+        # same record at once, one gets the error instead of both succeeding.
+        try:
+            os.link(tmp.name, path)
+        except FileExistsError:
+            raise exists from None
+        finally:
+            os.unlink(tmp.name)
         return record
 
     def records(self) -> list[dict[str, Any]]:

@@ -75,7 +75,7 @@ def test_list_from_the_shell_prints_each_method_with_its_bits():
 def test_a_failing_configuration_is_reported_and_the_others_go_on(cached_model, monkeypatch, capsys, tmp_path):
     ran = []
 
-    def fake_execute(notebook, output, parameters):
+    def fake_execute(notebook, output, parameters, gpu=None):
         ran.append(parameters["wbits"])
         if parameters["wbits"] == 4:
             raise RuntimeError("boom")
@@ -92,7 +92,7 @@ def test_jobs_run_configurations_concurrently_each_once(cached_model, monkeypatc
 
     lock, running, peak, ran = threading.Lock(), [0], [0], []
 
-    def fake_execute(notebook, output, parameters):
+    def fake_execute(notebook, output, parameters, gpu=None):
         with lock:
             running[0] += 1
             peak[0] = max(peak[0], running[0])
@@ -111,3 +111,73 @@ def test_cuda_without_a_sweep_plans_the_full_sweep(cached_model):
     args = run_all.parse_args(["--device", "cuda"])
     sweep, configs = run_all.plan(args)
     assert sweep == "full" and all(c.seqlen == 2048 and c.limit is None for c in configs)
+
+
+def test_shards_partition_the_sweep():
+    args = run_all.parse_args(["--device", "cuda"])
+    _, configs = run_all.plan(args)
+    everything = [run_all.run_slug(c) for c in configs]
+    for count in (1, 2, 3, 7, len(configs) + 1):
+        parts = [[run_all.run_slug(c) for c in run_all.shard(configs, index, count)] for index in range(count)]
+        assert sorted(slug for part in parts for slug in part) == sorted(everything)  # each exactly once
+        assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+@pytest.mark.parametrize("value", ["4/4", "1", "-1/2", "a/b", "1/0"])
+def test_a_bad_shard_says_what_it_takes(value, capsys):
+    with pytest.raises(SystemExit):
+        run_all.parse_args([f"--shard={value}"])
+    assert "--shard takes i/N with 0 <= i < N" in capsys.readouterr().err
+
+
+def test_more_gpus_than_visible_is_a_clear_error(monkeypatch, capsys):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    assert run_all.main(["--gpus", "2", "--dry-run"]) == 2
+    assert "--gpus 2 asked for, but 1 GPU(s) can be used here" in capsys.readouterr().err
+
+
+def test_gpus_run_each_configuration_once_on_a_shared_store(cached_model, monkeypatch, tmp_path):
+    """Two fake GPUs with two notebooks each: every configuration runs once, both GPUs get work, and the one
+    store that all of them write holds one record per configuration."""
+    import threading
+    import time
+
+    from llmq_core.results import ResultStore
+
+    store, lock, ran = ResultStore(tmp_path), threading.Lock(), []
+
+    def fake_execute(notebook, output, parameters, gpu=None):
+        time.sleep(0.05)
+        store.put({"model": "fake", "method": "fake", "target": output.stem}, {"gpu": gpu}, wall_time_s=0, device="cpu")
+        with lock:
+            ran.append((output.stem, gpu))
+
+    monkeypatch.setattr(run_all, "execute", fake_execute)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")  # ids as a scheduler hands them out, not 0 and 1
+    assert run_all.main(["--no-summary", "--gpus", "2", "--jobs", "2"]) == 0
+    slugs = [slug for slug, _ in ran]
+    assert sorted(slugs) == sorted(set(slugs)) and len(slugs) == len(quick_configs())
+    assert {gpu for _, gpu in ran} == {"5", "7"}
+    assert sorted(r["key"]["target"] for r in store.records()) == sorted(slugs)
+
+
+def test_execute_runs_the_notebook_in_its_folder_on_its_gpu(tmp_path):
+    """The real papermill process: the parameters arrive, the kernel starts in the notebook's folder and sees
+    only its GPU; a failing cell raises with the error's last line."""
+    import nbformat
+
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    notebook = nbformat.v4.new_notebook()
+    parameters = nbformat.v4.new_code_cell("target = None\nfail = False")
+    parameters.metadata["tags"] = ["parameters"]
+    notebook.cells = [parameters, nbformat.v4.new_code_cell(
+        "import os\nopen(target, 'w').write(os.getcwd() + ' ' + os.environ.get('CUDA_VISIBLE_DEVICES', 'all'))\n"
+        "if fail:\n    raise ValueError('this cell failed')")]
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(notebook, folder / "probe.ipynb")
+    seen = tmp_path / "seen.txt"
+    run_all.execute(folder / "probe.ipynb", tmp_path / "out" / "probe.ipynb", {"target": str(seen)}, gpu="3")
+    assert seen.read_text() == f"{folder} 3"
+    with pytest.raises(RuntimeError, match="this cell failed"):
+        run_all.execute(folder / "probe.ipynb", tmp_path / "out" / "probe.ipynb", {"target": str(seen), "fail": True})

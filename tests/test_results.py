@@ -33,6 +33,19 @@ def test_never_silently_overwritten(tmp_path):
     assert store.get(key())["metrics"]["acc"] == 0.9
 
 
+def test_two_writers_of_one_record_cannot_both_succeed(tmp_path, monkeypatch):
+    """Workers on one store (run_all --gpus, shards on a shared folder) may both find a record missing and then
+    both write it: the second write must fail, not replace the first."""
+    store = ResultStore(tmp_path)
+    store.put(key(), {"acc": 0.5}, wall_time_s=1, device="cpu")
+    monkeypatch.setattr(Path, "exists", lambda self: False)  # as if the second writer checked before the first wrote
+    with pytest.raises(LlmqError, match="exists already"):
+        store.put(key(), {"acc": 0.9}, wall_time_s=1, device="cpu")
+    monkeypatch.undo()
+    assert store.get(key())["metrics"]["acc"] == 0.5
+    assert [p.name for p in store.path(key()).parent.iterdir()] == [store.path(key()).name]  # no temporary left
+
+
 def test_every_key_field_separates_records(tmp_path):
     store = ResultStore(tmp_path)
     variants = [key(), key(limit=None), key(wbits=3), key(group_size=None), key(seed=1), key(target="hellaswag"),
