@@ -91,6 +91,58 @@ def inverse_hessian_factor(hessian: torch.Tensor, percdamp: float) -> torch.Tens
     return torch.linalg.cholesky(inverse, upper=True)
 
 
+def gptq_columns(block: torch.Tensor, inverse_block: torch.Tensor, bits: int, symmetric: bool,
+                 group_size: int | None, scale: torch.Tensor | None, zero: torch.Tensor | None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """GPTQ inside one block of columns, updating `block` in place: each column is quantized, and its error,
+    divided by U_jj, is pushed onto the block's later columns along row j of U. Returns the quantized columns
+    and the scaled errors (which the caller pushes onto the columns after the block). `scale` and `zero`
+    ([rows, width]) are each column's when they are fixed before the block (one per row, or act-order's static
+    groups); None takes each group's from its columns as updated so far."""
+    quantized, errors = torch.empty_like(block), torch.empty_like(block)
+    for i in range(block.shape[1]):
+        if scale is None:
+            if i % group_size == 0:
+                group_scale, group_zero = find_scale_zero(block[:, i:i + group_size], bits, symmetric)
+            column_scale, column_zero = group_scale, group_zero
+        else:
+            column_scale, column_zero = scale[:, i:i + 1], zero[:, i:i + 1]
+        w = block[:, i:i + 1]
+        q = fake_quantize(w, column_scale, column_zero, bits)
+        quantized[:, i:i + 1] = q
+        error = (w - q) / inverse_block[i, i]
+        block[:, i:] -= error @ inverse_block[i:i + 1, i:]
+        errors[:, i:i + 1] = error
+    return quantized, errors
+
+
+class CapturedColumns:
+    """`gptq_columns` for one block shape, captured once as a CUDA graph and replayed for each block of that
+    shape. Its loop launches about ten small kernels per column, 38,912 columns per LLaMA-3-8B block; on a GPU
+    the launches, not the arithmetic, set its pace, and a replay is one launch for the whole block."""
+
+    def __init__(self, block: torch.Tensor, inverse_block: torch.Tensor, fixed_scales: bool,
+                 run: Callable[..., tuple[torch.Tensor, torch.Tensor]]):
+        self.inputs = [block.clone(), inverse_block.clone()]
+        if fixed_scales:
+            self.inputs += [torch.empty_like(block), torch.empty_like(block)]
+        side = torch.cuda.Stream()  # warm-up off the default stream, as CUDA graph capture asks
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            run(*[x.clone() for x in self.inputs])
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.outputs = run(*self.inputs)
+
+    def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The updated block, its quantized columns and errors (copies: the next replay overwrites them)."""
+        for static, value in zip(self.inputs, inputs):
+            static.copy_(value)
+        self.graph.replay()
+        return self.inputs[0].clone(), self.outputs[0].clone(), self.outputs[1].clone()
+
+
 def gptq_quantize_linear(linear: torch.nn.Linear, hessian: torch.Tensor, bits: int, group_size: int | None = None,
                          symmetric: bool = False, act_order: bool = False, static_groups: bool = False,
                          percdamp: float = 0.01, blocksize: int = 128) -> float:
@@ -98,47 +150,42 @@ def gptq_quantize_linear(linear: torch.nn.Linear, hessian: torch.Tensor, bits: i
     weight, hessian = drop_dead_inputs(linear.weight.data, hessian)
     rows, cols = weight.shape
 
-    if group_size is not None:
-        # Blocks hold whole groups, so that a group's scale is taken from its columns as updated so far.
-        blocksize = group_size * max(1, blocksize // group_size)
-        if static_groups:  # scales fixed up front, from the weights before any update (for act-order)
-            static = [find_scale_zero(weight[:, start:start + group_size], bits, symmetric)
-                      for start in range(0, cols, group_size)]
-    else:
-        scale, zero = find_scale_zero(weight, bits, symmetric)
-
     order = torch.arange(cols, device=weight.device)
     if act_order:  # columns with the largest input energy first, while there is the most freedom left
         order = torch.argsort(torch.diag(hessian), descending=True)
+    # Each column's scale and zero where they are fixed before the column loop; None: each group's, in the loop
+    scale = zero = None
+    if group_size is not None:  # blocks hold whole groups, so that a group's scale is taken from its columns
+        blocksize = group_size * max(1, blocksize // group_size)  # as updated so far
+    if group_size is None:
+        scale, zero = (x.expand(rows, cols) for x in find_scale_zero(weight, bits, symmetric))
+    elif static_groups:  # from the weights before any update, in their original column order (for act-order)
+        static = [find_scale_zero(weight[:, start:start + group_size], bits, symmetric)
+                  for start in range(0, cols, group_size)]
+        scale, zero = (torch.cat([pair[k] for pair in static], dim=1)[:, order // group_size] for k in (0, 1))
+    if act_order:
         weight, hessian = weight[:, order], hessian[order][:, order]
-    if group_size is not None and static_groups:
-        # a Python list: reading order[column] on a GPU inside the column loop is a device sync per column
-        static_group_of_column = (order // group_size).tolist()
 
     upper = inverse_hessian_factor(hessian, percdamp)
 
+    def run(block: torch.Tensor, inverse_block: torch.Tensor, *fixed: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return gptq_columns(block, inverse_block, bits, symmetric, group_size, *(fixed or (None, None)))
+
+    captured: dict[int, CapturedColumns] = {}  # by block width: the last block may be narrower
     quantized = torch.zeros_like(weight)
     loss = torch.zeros(rows, device=weight.device)
     for start in range(0, cols, blocksize):
         stop = min(start + blocksize, cols)
-        block = weight[:, start:stop].clone()
-        errors = torch.zeros_like(block)
-        inverse_block = upper[start:stop, start:stop]
-        for i in range(stop - start):
-            column = start + i
-            if group_size is not None:
-                if static_groups:
-                    scale, zero = static[static_group_of_column[column]]
-                elif column % group_size == 0:
-                    scale, zero = find_scale_zero(block[:, i:i + group_size], bits, symmetric)
-            w = block[:, i]
-            q = fake_quantize(w.unsqueeze(1), scale, zero, bits).flatten()
-            quantized[:, column] = q
-            d = inverse_block[i, i]
-            loss += (w - q) ** 2 / d ** 2 / 2
-            error = (w - q) / d
-            block[:, i:] -= error.unsqueeze(1) @ inverse_block[i, i:].unsqueeze(0)
-            errors[:, i] = error
+        inputs = [weight[:, start:stop].clone(), upper[start:stop, start:stop]]
+        if scale is not None:
+            inputs += [scale[:, start:stop], zero[:, start:stop]]
+        if weight.is_cuda:
+            if stop - start not in captured:
+                captured[stop - start] = CapturedColumns(*inputs[:2], scale is not None, run)
+            _, quantized[:, start:stop], errors = captured[stop - start](*inputs)
+        else:
+            quantized[:, start:stop], errors = run(*inputs)
+        loss += (errors ** 2).sum(dim=1) / 2
         weight[:, stop:] -= errors @ upper[start:stop, stop:]
 
     if act_order:

@@ -1,0 +1,85 @@
+"""GPTQ's column loop, before and after it became one CUDA graph per block, on the same layer, in one run.
+
+    python bench/gptq_columns.py [--device cuda] [--rows 4096] [--cols 14336]
+
+The baseline is gptq.py as of BASELINE_COMMIT (read with `git show`, or from --baseline FILE where
+the tree has no .git, as on a lent GPU). Both quantize the same random weight with the same Hessian
+(from random inputs) at three settings; the table gives each one's wall time, the speed-up, and the
+largest difference between the two quantized weights (0 where they agree bit for bit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from llmq_core.quant import METHODS  # noqa: E402
+from llmq_core.quant.gptq import gptq_quantize_linear  # noqa: E402
+
+BASELINE_COMMIT = "c396d89"  # the eager column loop, a dozen kernel launches per column
+SETTINGS = {"per-channel": dict(group_size=None), "g128": dict(group_size=128),
+            "g128 act-order static": dict(group_size=128, act_order=True, static_groups=True)}
+
+
+def load_baseline(path: Path | None):
+    if path is None:
+        source = subprocess.run(["git", "show", f"{BASELINE_COMMIT}:llmq_core/quant/gptq.py"], cwd=ROOT,
+                                capture_output=True, text=True, check=True).stdout
+        path = Path(tempfile.mkdtemp()) / "gptq_baseline.py"
+        path.write_text(source)
+    spec = importlib.util.spec_from_file_location("gptq_baseline", path)
+    module = importlib.util.module_from_spec(spec)
+    ours = METHODS.pop("gptq")  # the baseline registers "gptq" again as it loads
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        METHODS["gptq"] = ours
+    return module.gptq_quantize_linear
+
+
+def timed(quantize, weight: torch.Tensor, hessian: torch.Tensor, settings: dict) -> tuple[float, torch.Tensor]:
+    linear = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False, device=weight.device)
+    linear.weight.data = weight.clone()
+    if weight.is_cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    quantize(linear, hessian.clone(), 4, **settings)
+    if weight.is_cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, linear.weight.data
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--rows", type=int, default=1024)
+    parser.add_argument("--cols", type=int, default=1024)
+    parser.add_argument("--baseline", type=Path, help="the baseline gptq.py, where `git show` cannot read it")
+    args = parser.parse_args(argv)
+    baseline = load_baseline(args.baseline)
+    torch.manual_seed(0)
+    weight = torch.randn(args.rows, args.cols, device=args.device) / args.cols ** 0.5
+    inputs = torch.randn(4 * args.cols, args.cols, device=args.device)
+    hessian = 2 * inputs.T @ inputs / inputs.shape[0]
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    print(f"GPTQ of one {args.rows} x {args.cols} Linear at 4 bits on {device}")
+    print(f"{'setting':24s} {'before s':>9s} {'after s':>9s} {'speed-up':>9s} {'max |diff|':>11s}")
+    for name, settings in SETTINGS.items():
+        timed(gptq_quantize_linear, weight, hessian, settings)  # warm-up (and CUDA graph capture paths)
+        before, old = timed(baseline, weight, hessian, settings)
+        after, new = timed(gptq_quantize_linear, weight, hessian, settings)
+        print(f"{name:24s} {before:9.3f} {after:9.3f} {before / after:8.2f}x {(old - new).abs().max().item():11.2e}")
+
+
+if __name__ == "__main__":
+    main()
