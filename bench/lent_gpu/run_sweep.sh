@@ -5,6 +5,9 @@
 #
 #   bash bench/lent_gpu/run_sweep.sh stash                           # a call that carries some parts
 #   LLMQ_GIT_COMMIT=<hash> bash bench/lent_gpu/run_sweep.sh run ARGS  # the rest: run_all.py --no-summary ARGS
+#   LLMQ_GIT_COMMIT=<hash> bash bench/lent_gpu/run_sweep.sh exec CMD  # or any command (a bench) in that setup
+#
+# Wheels carried in .peer/ (the benchmark's peer, llm-compressor) are installed beside the bundle's.
 #
 # The new records come back in $OUT/results.tgz; `python bench/lent_gpu/collect.py` adds them to results/.
 set -euo pipefail
@@ -14,7 +17,8 @@ for part in .bundle/part-* .bundle/manifest.json; do
     if [ -e "$part" ]; then cp "$part" "$STASH/"; fi
 done
 if [ "${1:-}" = stash ]; then ls -l "$STASH"; exit 0; fi
-[ "${1:-}" = run ] || { echo "usage: $0 stash | run RUN_ALL_ARGS..." >&2; exit 2; }
+mode=${1:-}
+[ "$mode" = run ] || [ "$mode" = exec ] || { echo "usage: $0 stash | run RUN_ALL_ARGS... | exec CMD..." >&2; exit 2; }
 shift
 : "${LLMQ_GIT_COMMIT:?set LLMQ_GIT_COMMIT to the commit of this working tree (git rev-parse HEAD where it came from)}"
 export LLMQ_GIT_COMMIT HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
@@ -27,7 +31,15 @@ cp -r --update=none results/. "$LLMQ_RESULTS/" 2>/dev/null || cp -rn results/. "
 if [ ! -d /tmp/site ]; then
     python3 -m llmq_core.assets unbundle "$STASH" --wheels-target /tmp/site 2>&1 | grep -v "de-quantizing"
 fi
+if [ -d .peer ] && [ ! -e /tmp/site/.peer-installed ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .peer/*.whl && touch /tmp/site/.peer-installed
+fi
 export PYTHONPATH="/tmp/site:$PWD"
+if [ "$mode" = exec ]; then
+    status=0
+    timeout "${SWEEP_TIMEOUT:-500}" "$@" 2>&1 | tee "${OUT:-/tmp}/exec.log" || status=$?
+    exit "$status"
+fi
 status=0
 timeout "${SWEEP_TIMEOUT:-500}" python3 run_all.py --no-summary "$@" 2>&1 | grep -v IPKernelApp || status=$?
 tar czf "${OUT:-/tmp}/results.tgz" -C /tmp/llmq results -C "$PWD" runs
