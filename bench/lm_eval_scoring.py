@@ -18,7 +18,7 @@ import torch
 from lm_eval.models.huggingface import HFLM
 
 from llmq_core.eval.lm import ContinuationHFLM
-from llmq_core.eval.mmlu import GROUP, NUM_FEWSHOT
+from llmq_core.eval.mmlu import GROUP
 from llmq_core.eval.zeroshot import run_lm_eval
 from llmq_core.models import load_model
 from llmq_core.results import peak_memory_mb
@@ -29,7 +29,7 @@ def measure(model, tokenizer, lm_class: type, task: str, limit: int, batch_size:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    output = run_lm_eval(model, tokenizer, [task], limit, batch_size, NUM_FEWSHOT if task == GROUP else None, lm_class)
+    output = run_lm_eval(model, tokenizer, [task], limit, batch_size, lm_class=lm_class)
     # on the CPU the process's resident peak cannot be reset between the two, so it is not shown
     peak = f"{peak_memory_mb(device):.0f}" if device.startswith("cuda") else "-"
     return {"seconds": time.perf_counter() - start, "peak_mb": peak,

@@ -43,6 +43,7 @@ def write_mmlu_tasks(folder: Path) -> None:
     for subject, category in subject_categories().items():
         task = {"include": str(lm_eval_mmlu_dir() / f"mmlu_{subject}.yaml"), "task": f"{GROUP}_{subject}",
                 "tag": f"{GROUP}_{category}_tasks", "dataset_path": "arrow", "dataset_name": None,
+                "num_fewshot": NUM_FEWSHOT,  # in the task, not at the call, where lm-eval warns once per subject
                 "dataset_kwargs": {"data_files": {"test": str(data / subject / "test.arrow"),
                                                   "dev": str(data / subject / "dev.arrow")}}}
         write_if_changed(folder / f"{GROUP}_{subject}.yaml", yaml.safe_dump(task, sort_keys=False))
@@ -66,7 +67,7 @@ def evaluate_mmlu(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, li
     """acc over all questions and per category, and the number of questions (`limit`: the first N of each subject)."""
     from llmq_core.eval.zeroshot import run_lm_eval  # its task manager indexes our MMLU tasks with the five others
 
-    output = run_lm_eval(model, tokenizer, [GROUP], limit, batch_size, num_fewshot=NUM_FEWSHOT)
+    output = run_lm_eval(model, tokenizer, [GROUP], limit, batch_size)
     results = output["results"]
     stderr = results[GROUP]["acc_stderr,none"]  # "N/A" where a subject has one question (limit=1)
     metrics = {"acc": float(results[GROUP]["acc,none"]), "acc_stderr": None if stderr == "N/A" else float(stderr)}

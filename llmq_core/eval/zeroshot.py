@@ -58,7 +58,7 @@ def check_task_name(task: str) -> None:
 
 
 def run_lm_eval(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task_names: list[str],
-                limit: int | None, batch_size: int, num_fewshot: int | None = None, lm_class: type | None = None) -> dict:
+                limit: int | None, batch_size: int, lm_class: type | None = None) -> dict:
     """lm-eval's simple_evaluate on our task configs (the five tasks and MMLU); its whole output. The model is
     lm-eval's HFLM scoring continuation positions only (`ContinuationHFLM`: same answers, less memory and time),
     unless `lm_class` names another (bench/lm_eval_scoring.py passes HFLM itself)."""
@@ -69,7 +69,7 @@ def run_lm_eval(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
     lm = (lm_class or ContinuationHFLM)(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     with torch.no_grad():
-        return simple_evaluate(model=lm, tasks=task_names, task_manager=task_manager(), num_fewshot=num_fewshot,
+        return simple_evaluate(model=lm, tasks=task_names, task_manager=task_manager(),
                                limit=limit, log_samples=False, verbosity="WARNING")
 
 
