@@ -30,7 +30,7 @@ def perplexity(model: torch.nn.Module, token_ids: torch.Tensor, seqlen: int, max
     device = next(model.parameters()).device
     batches = token_ids[0, :windows * seqlen].view(windows, seqlen).split(batch_size)
     decoder, head = model.get_decoder(), model.get_output_embeddings()
-    total_nll = torch.zeros((), dtype=torch.float64)
+    total_nll = torch.zeros((), dtype=torch.float64, device=device)  # read back once, at the end: no sync a chunk
     for batch in tqdm(batches, desc=f"perplexity ({windows}x{seqlen})", disable=not progress, leave=False):
         batch = batch.to(device)
         hidden = decoder(input_ids=batch).last_hidden_state[:, :-1]
@@ -38,5 +38,5 @@ def perplexity(model: torch.nn.Module, token_ids: torch.Tensor, seqlen: int, max
         for start in range(0, seqlen - 1, LOGIT_CHUNK):
             logits = head(hidden[:, start:start + LOGIT_CHUNK]).float()
             total_nll += F.cross_entropy(logits.flatten(0, 1), targets[:, start:start + LOGIT_CHUNK].flatten(),
-                                         reduction="sum").double().cpu()
+                                         reduction="sum").double()
     return math.exp(total_nll.item() / (windows * (seqlen - 1)))
