@@ -12,7 +12,8 @@ printed with their ratio to RTN's, measured in the same run. The peer is llm-com
 it runs where `llmcompressor` imports (carried as wheels to the lent GPU: bench/lent_gpu/README.md).
 Evaluation: perplexity tokens/s at seqlen 2048 and its share of the GPU's dense bf16 peak (2 FLOP
 per parameter and token), and lm-eval's five tasks in full through our ContinuationHFLM, with the
-embedded model's tokenizer (49,152 ids, all valid for the 128,256-row embedding).
+embedded model's tokenizer (49,152 ids, all valid for the 128,256-row embedding). The last column is each
+method's share of the quick CPU sweep (sweeps/quick.yaml) as its stored records took it on 2 cores.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from datetime import date
 from pathlib import Path
 
 import torch
+import yaml
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,6 +38,7 @@ from llmq_core.eval.zeroshot import TASKS, run_lm_eval  # noqa: E402
 from llmq_core.experiment import RunConfig  # noqa: E402
 from llmq_core.models import resolve_model  # noqa: E402
 from llmq_core.quant import get_method  # noqa: E402
+from llmq_core.results import ResultStore  # noqa: E402
 
 SHAPES = {  # LLaMA-3-8B's config.json, and a stand-in small enough for a CPU test
     "llama3-8b": dict(hidden_size=4096, num_hidden_layers=32, intermediate_size=14336, num_attention_heads=32,
@@ -55,6 +58,18 @@ SETTINGS = {
     "billm": dict(method="billm", wbits=1.1, group_size=128),
     "dbllm": dict(method="dbllm", wbits=2, group_size=128),
 }
+
+
+def quick_sweep_seconds() -> dict[str, float]:
+    """Each method's quick-sweep configurations, as stored: quantization once each plus every evaluation's wall time."""
+    sweep, store, seconds = yaml.safe_load((ROOT / "sweeps" / "quick.yaml").read_text()), ResultStore(), {}
+    for entry in sweep["configs"]:
+        config = RunConfig(**{**sweep["defaults"], **entry})
+        records = [r for r in (store.get(config.record_key(t)) for t in config.targets()) if r is not None]
+        if records:
+            quantize = records[0].get("quantization", {}).get("quantize_time_s", 0.0)
+            seconds[config.method] = seconds.get(config.method, 0.0) + quantize + sum(r["wall_time_s"] for r in records)
+    return seconds
 
 
 def build_model(shape: str, layers: int | None, device: str, seed: int = 0) -> LlamaForCausalLM:
@@ -146,19 +161,20 @@ def main(argv: list[str] | None = None) -> None:
         print("\n".join(texts), flush=True)
 
     emit(f"{args.shape} shape ({layers} blocks), random weights, on {device}", "",
-         "| method | setting | wall s | vs RTN | peak GiB |", "|---|---|---|---|---|")
-    times = {}
+         "| method | setting | wall s | vs RTN | peak GiB | quick CPU sweep s |", "|---|---|---|---|---|---|")
+    times, quick = {}, quick_sweep_seconds()
     for name in [m for m in args.methods if m in SETTINGS] + (["peer"] if "peer" in args.methods else []):
         setting = "llm-compressor GPTQ W4A16 g128" if name == "peer" else \
             ", ".join(f"{k}={v}" for k, v in SETTINGS[name].items() if k != "method")
         try:
             seconds, memory = peer_gptq(args) if name == "peer" else quantize_once(name, args)
         except Exception as error:  # a method that fails here (memory, a missing peer) leaves the others
-            emit(f"| {name} | {setting} | failed: {type(error).__name__}: {str(error).splitlines()[0][:100]} | | |")
+            emit(f"| {name} | {setting} | failed: {type(error).__name__}: {str(error).splitlines()[0][:100]} | | | |")
             continue
         times[name] = seconds
         ratio = f"{seconds / times['rtn']:.1f}x" if "rtn" in times else "-"
-        emit(f"| {name} | {setting} | {seconds:.1f} | {ratio} | {memory:.1f} |")
+        stored = f"{quick[name]:.0f}" if name in quick else "-"  # gptq-act-order and the peer are not in it
+        emit(f"| {name} | {setting} | {seconds:.1f} | {ratio} | {memory:.1f} | {stored} |")
     if "peer" in times and "gptq" in times:
         emit("", f"GPTQ g128, ours/theirs wall time: {times['gptq'] / times['peer']:.2f}")
     if "eval" in args.methods:

@@ -32,6 +32,7 @@ def test_tiny_run_prints_each_method_and_the_evaluation(cached_model, tmp_path, 
     rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ")}
     assert "failed" not in table
     assert float(rows["gptq"].split("|")[3]) > 0 and rows["rtn"].split("|")[4].strip() == "1.0x"
+    assert float(rows["gptq"].split("|")[6]) > 0  # from the committed quick-sweep records
     assert "tokens/s" in table and "lm-eval, five tasks (4 docs each)" in table
 
 
