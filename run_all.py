@@ -12,8 +12,8 @@
 Executed notebooks go to runs/<sweep>/. Numbers go to the results store (results/), which
 is reused: a configuration already measured is not recomputed unless --force is given, so an
 interrupted sweep resumes where it stopped. Each notebook runs in a papermill process of its own,
-so that concurrent notebooks each have their own working folder and, with --gpus, their own GPU. The summary notebook then rebuilds figures/ and
-paper/tables/ from every record in the store.
+so that concurrent notebooks each have their own working folder and, with --gpus, their own GPU.
+The summary notebook then rebuilds figures/ and paper/tables/ from every record in the store.
 """
 
 from __future__ import annotations

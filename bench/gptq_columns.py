@@ -15,7 +15,6 @@ import importlib.util
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -25,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from llmq_core.quant import METHODS  # noqa: E402
 from llmq_core.quant.gptq import gptq_quantize_linear  # noqa: E402
+from timing import measured  # noqa: E402
 
 BASELINE_COMMIT = "c396d89"  # the eager column loop, a dozen kernel launches per column
 SETTINGS = {"per-channel": dict(group_size=None), "g128": dict(group_size=128),
@@ -50,13 +50,8 @@ def load_baseline(path: Path | None):
 def timed(quantize, weight: torch.Tensor, hessian: torch.Tensor, settings: dict) -> tuple[float, torch.Tensor]:
     linear = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False, device=weight.device)
     linear.weight.data = weight.clone()
-    if weight.is_cuda:
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    quantize(linear, hessian.clone(), 4, **settings)
-    if weight.is_cuda:
-        torch.cuda.synchronize()
-    return time.perf_counter() - start, linear.weight.data
+    _, seconds, _ = measured(str(weight.device), lambda: quantize(linear, hessian.clone(), 4, **settings))
+    return seconds, linear.weight.data
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,7 +12,7 @@ the accuracies must agree (up to bf16 rounding on a GPU). Absolute times count o
 from __future__ import annotations
 
 import argparse
-import time
+import math
 
 import torch
 from lm_eval.models.huggingface import HFLM
@@ -21,18 +21,13 @@ from llmq_core.eval.lm import ContinuationHFLM
 from llmq_core.eval.mmlu import GROUP
 from llmq_core.eval.zeroshot import run_lm_eval
 from llmq_core.models import load_model
-from llmq_core.results import peak_memory_mb
+from timing import measured
 
 
 def measure(model, tokenizer, lm_class: type, task: str, limit: int, batch_size: int, device: str) -> dict:
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    output = run_lm_eval(model, tokenizer, [task], limit, batch_size, lm_class=lm_class)
-    # on the CPU the process's resident peak cannot be reset between the two, so it is not shown
-    peak = f"{peak_memory_mb(device):.0f}" if device.startswith("cuda") else "-"
-    return {"seconds": time.perf_counter() - start, "peak_mb": peak,
+    output, seconds, peak_gib = measured(device, lambda: run_lm_eval(model, tokenizer, [task], limit, batch_size,
+                                                                      lm_class=lm_class))
+    return {"seconds": seconds, "peak_mb": "-" if math.isnan(peak_gib) else f"{peak_gib * 1024:.0f}",
             "acc": output["results"][task]["acc,none"]}
 
 

@@ -22,7 +22,6 @@ import argparse
 import subprocess
 import sys
 import tempfile
-import time
 from datetime import date
 from pathlib import Path
 
@@ -39,6 +38,7 @@ from llmq_core.experiment import RunConfig  # noqa: E402
 from llmq_core.models import resolve_model  # noqa: E402
 from llmq_core.quant import get_method  # noqa: E402
 from llmq_core.results import ResultStore  # noqa: E402
+from timing import measured  # noqa: E402
 
 SHAPES = {  # LLaMA-3-8B's config.json, and a stand-in small enough for a CPU test
     "llama3-8b": dict(hidden_size=4096, num_hidden_layers=32, intermediate_size=14336, num_attention_heads=32,
@@ -81,27 +81,13 @@ def build_model(shape: str, layers: int | None, device: str, seed: int = 0) -> L
     return model.eval()
 
 
-def measured(device: str, work) -> tuple[float, float]:
-    """(wall seconds, peak GPU memory in GiB, or nan on CPU) of `work()`."""
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    work()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        return time.perf_counter() - start, torch.cuda.max_memory_allocated() / 2 ** 30
-    return time.perf_counter() - start, float("nan")
-
-
 def quantize_once(name: str, args: argparse.Namespace) -> tuple[float, float]:
     config = RunConfig(device=args.device, **SETTINGS[name])
     model = build_model(args.shape, args.layers, args.device)
     method = get_method(config.method)
     calibration = (torch.randint(0, model.config.vocab_size, (config.nsamples, config.calib_seqlen))
                    if method.needs_calibration else None)
-    return measured(args.device, lambda: method.quantize(model, config.spec, calibration))
+    return measured(args.device, lambda: method.quantize(model, config.spec, calibration))[1:]
 
 
 def peer_gptq(args: argparse.Namespace) -> tuple[float, float]:
@@ -118,7 +104,7 @@ def peer_gptq(args: argparse.Namespace) -> tuple[float, float]:
     recipe = GPTQModifier(targets="Linear", scheme="W4A16", ignore=["lm_head"])
     tokenizer = AutoTokenizer.from_pretrained(resolve_model("smollm2-135m"))  # it asks for one; data is tokenized
     return measured(args.device, lambda: oneshot(model=model, processor=tokenizer, dataset=data, recipe=recipe,
-                                                 max_seq_length=2048, num_calibration_samples=128))
+                                                 max_seq_length=2048, num_calibration_samples=128))[1:]
 
 
 def evaluation(args: argparse.Namespace) -> list[tuple[str, str]]:
@@ -126,13 +112,13 @@ def evaluation(args: argparse.Namespace) -> list[tuple[str, str]]:
     params = sum(p.numel() for p in model.parameters())
     tokens = torch.randint(0, model.config.vocab_size, (1, args.ppl_windows * 2048))
     perplexity(model, tokens[:, :2048], 2048, progress=False)  # warm-up
-    seconds, _ = measured(args.device, lambda: perplexity(model, tokens, 2048, progress=False))
+    _, seconds, _ = measured(args.device, lambda: perplexity(model, tokens, 2048, progress=False))
     rate = tokens.numel() / seconds
     rows = [("perplexity, tokens/s at 2048", f"{rate:,.0f}"),
             ("perplexity, share of bf16 peak", f"{2 * params * rate / (args.peak_tflops * 1e12):.0%} of "
                                                f"{args.peak_tflops:g} TFLOP/s")]
     tokenizer = AutoTokenizer.from_pretrained(resolve_model("smollm2-135m"))
-    seconds, memory = measured(args.device, lambda: run_lm_eval(model, tokenizer, [f"llmq_{t}" for t in TASKS],
+    _, seconds, memory = measured(args.device, lambda: run_lm_eval(model, tokenizer, [f"llmq_{t}" for t in TASKS],
                                                                 args.limit, args.batch_size))
     rows.append((f"lm-eval, five tasks ({'all' if args.limit is None else args.limit} docs each), s",
                  f"{seconds:.0f} (peak {memory:.1f} GiB)"))

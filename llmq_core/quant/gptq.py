@@ -121,11 +121,8 @@ class CapturedColumns:
     shape. Its loop launches about ten small kernels per column, 38,912 columns per LLaMA-3-8B block; on a GPU
     the launches, not the arithmetic, set its pace, and a replay is one launch for the whole block."""
 
-    def __init__(self, block: torch.Tensor, inverse_block: torch.Tensor, fixed_scales: bool,
-                 run: Callable[..., tuple[torch.Tensor, torch.Tensor]]):
-        self.inputs = [block.clone(), inverse_block.clone()]
-        if fixed_scales:
-            self.inputs += [torch.empty_like(block), torch.empty_like(block)]
+    def __init__(self, run: Callable[..., tuple[torch.Tensor, torch.Tensor]], *inputs: torch.Tensor):
+        self.inputs = [x.clone() for x in inputs]  # the graph's own input buffers, copied into on each call
         side = torch.cuda.Stream()  # warm-up off the default stream, as CUDA graph capture asks
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
@@ -135,12 +132,12 @@ class CapturedColumns:
         with torch.cuda.graph(self.graph):
             self.outputs = run(*self.inputs)
 
-    def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The updated block, its quantized columns and errors (copies: the next replay overwrites them)."""
+    def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The block's quantized columns and errors (copies: the next replay overwrites them)."""
         for static, value in zip(self.inputs, inputs):
             static.copy_(value)
         self.graph.replay()
-        return self.inputs[0].clone(), self.outputs[0].clone(), self.outputs[1].clone()
+        return self.outputs[0].clone(), self.outputs[1].clone()
 
 
 def gptq_quantize_linear(linear: torch.nn.Linear, hessian: torch.Tensor, bits: int, group_size: int | None = None,
@@ -155,14 +152,15 @@ def gptq_quantize_linear(linear: torch.nn.Linear, hessian: torch.Tensor, bits: i
         order = torch.argsort(torch.diag(hessian), descending=True)
     # Each column's scale and zero where they are fixed before the column loop; None: each group's, in the loop
     scale = zero = None
-    if group_size is not None:  # blocks hold whole groups, so that a group's scale is taken from its columns
-        blocksize = group_size * max(1, blocksize // group_size)  # as updated so far
     if group_size is None:
         scale, zero = (x.expand(rows, cols) for x in find_scale_zero(weight, bits, symmetric))
-    elif static_groups:  # from the weights before any update, in their original column order (for act-order)
-        static = [find_scale_zero(weight[:, start:start + group_size], bits, symmetric)
-                  for start in range(0, cols, group_size)]
-        scale, zero = (torch.cat([pair[k] for pair in static], dim=1)[:, order // group_size] for k in (0, 1))
+    else:
+        # blocks hold whole groups, so that a group's scale is taken from its columns as updated so far
+        blocksize = group_size * max(1, blocksize // group_size)
+        if static_groups:  # from the weights before any update, in their original column order (for act-order)
+            static = [find_scale_zero(weight[:, start:start + group_size], bits, symmetric)
+                      for start in range(0, cols, group_size)]
+            scale, zero = (torch.cat([pair[k] for pair in static], dim=1)[:, order // group_size] for k in (0, 1))
     if act_order:
         weight, hessian = weight[:, order], hessian[order][:, order]
 
@@ -181,8 +179,8 @@ def gptq_quantize_linear(linear: torch.nn.Linear, hessian: torch.Tensor, bits: i
             inputs += [scale[:, start:stop], zero[:, start:stop]]
         if weight.is_cuda:
             if stop - start not in captured:
-                captured[stop - start] = CapturedColumns(*inputs[:2], scale is not None, run)
-            _, quantized[:, start:stop], errors = captured[stop - start](*inputs)
+                captured[stop - start] = CapturedColumns(run, *inputs)
+            quantized[:, start:stop], errors = captured[stop - start](*inputs)
         else:
             quantized[:, start:stop], errors = run(*inputs)
         loss += (errors ** 2).sum(dim=1) / 2
