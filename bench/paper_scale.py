@@ -19,7 +19,6 @@ method's share of the quick CPU sweep (sweeps/quick.yaml) as its stored records 
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
 from datetime import date
@@ -37,7 +36,7 @@ from llmq_core.eval.zeroshot import TASKS, run_lm_eval  # noqa: E402
 from llmq_core.experiment import RunConfig  # noqa: E402
 from llmq_core.models import resolve_model  # noqa: E402
 from llmq_core.quant import get_method  # noqa: E402
-from llmq_core.results import ResultStore  # noqa: E402
+from llmq_core.results import ResultStore, git_commit  # noqa: E402
 from timing import measured  # noqa: E402
 
 SHAPES = {  # LLaMA-3-8B's config.json, and a stand-in small enough for a CPU test
@@ -168,8 +167,7 @@ def main(argv: list[str] | None = None) -> None:
         for name, value in evaluation(args):
             emit(f"| {name} | {value} |")
     if args.markdown:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
-        header = f"# bench/paper_scale.py, {date.today()}, {device}, commit {commit.stdout.strip() or 'unknown'}\n\n"
+        header = f"# bench/paper_scale.py, {date.today()}, {device}, commit {git_commit()}\n\n"
         args.markdown.write_text(header + "\n".join(lines) + "\n")
 
 
