@@ -105,12 +105,15 @@ def test_the_running_hessian_is_2_x_xT_over_all_tokens():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA graph path needs a GPU")
 @pytest.mark.parametrize("group_size, options", [(None, {}), (128, {}), (128, {"act_order": True, "static_groups": True})])
-def test_the_cuda_graph_column_loop_gives_the_cpu_loops_weights(group_size, options):
-    """On a GPU each block's column loop is one captured CUDA graph (the last, narrower block another); its
-    weights are the eager CPU loop's but for the last-bit rounding of GPU matrix products."""
+def test_the_cuda_graph_column_loop_gives_the_eager_loops_weights(group_size, options):
+    """On a GPU each block's column loop is one captured CUDA graph (the last, narrower block another). It runs
+    the eager loop's kernels, so its weights are the eager GPU loop's bit for bit. Against the CPU only the layer
+    error is compared: the GPU's Hessian differs in the last bits, and one rounding decision that flips changes
+    every later column's update, so the two weights differ in many places while being equally good."""
     torch.manual_seed(2)
     weight, inputs = torch.randn(256, 576), correlated_inputs(2048, 576)
+    on_gpu = {graph: gptq_weight(weight.cuda(), inputs.cuda(), bits=3, group_size=group_size, cuda_graph=graph,
+                                 **options).cpu() for graph in (True, False)}
+    assert torch.equal(on_gpu[True], on_gpu[False])
     on_cpu = gptq_weight(weight, inputs, bits=3, group_size=group_size, **options)
-    on_gpu = gptq_weight(weight.cuda(), inputs.cuda(), bits=3, group_size=group_size, **options).cpu()
-    assert (on_cpu != on_gpu).float().mean() < 1e-3
-    assert layer_error(weight, on_gpu, inputs) == pytest.approx(layer_error(weight, on_cpu, inputs), rel=1e-3)
+    assert layer_error(weight, on_gpu[True], inputs) == pytest.approx(layer_error(weight, on_cpu, inputs), rel=2e-2)

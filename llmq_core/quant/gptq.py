@@ -142,8 +142,9 @@ class CapturedColumns:
 
 def gptq_quantize_linear(linear: torch.nn.Linear, hessian: torch.Tensor, bits: int, group_size: int | None = None,
                          symmetric: bool = False, act_order: bool = False, static_groups: bool = False,
-                         percdamp: float = 0.01, blocksize: int = 128) -> float:
-    """Replace `linear.weight` by its GPTQ fake-quantized copy; returns the proxy loss sum (w - q)^2 / [H^-1]_jj^2 / 2."""
+                         percdamp: float = 0.01, blocksize: int = 128, cuda_graph: bool = True) -> float:
+    """Replace `linear.weight` by its GPTQ fake-quantized copy; returns the proxy loss sum (w - q)^2 / [H^-1]_jj^2 / 2.
+    On a GPU each block's column loop replays a CUDA graph (`cuda_graph=False`: the eager loop, as on CPU)."""
     weight, hessian = drop_dead_inputs(linear.weight.data, hessian)
     rows, cols = weight.shape
 
@@ -177,7 +178,7 @@ def gptq_quantize_linear(linear: torch.nn.Linear, hessian: torch.Tensor, bits: i
         inputs = [weight[:, start:stop].clone(), upper[start:stop, start:stop]]
         if scale is not None:
             inputs += [scale[:, start:stop], zero[:, start:stop]]
-        if weight.is_cuda:
+        if weight.is_cuda and cuda_graph:
             if stop - start not in captured:
                 captured[stop - start] = CapturedColumns(run, *inputs)
             quantized[:, start:stop], errors = captured[stop - start](*inputs)
