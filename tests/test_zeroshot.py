@@ -125,12 +125,13 @@ def tiny_llama(cached_model):
 
 def loglikelihood_requests() -> list:
     """Multi-token continuations of varied lengths, four one-letter answers sharing a context (lm-eval's
-    one-token cache), an empty context, and a context longer than the model's 64 positions (left-truncated)."""
+    one-token cache), a context ending in a space, an empty context, and a context longer than the model's 64 positions (left-truncated)."""
     from lm_eval.api.instance import Instance
 
     pairs = [("Question: How do you boil an egg?\nAnswer:", " Put it in boiling water for eight minutes."),
              ("Question: How do you boil an egg?\nAnswer:", " Freeze it."),
-             ("The cat sat on the", " mat"), ("", "An empty context is scored after the BOS token."),
+             ("The cat sat on the", " mat"), ("The dog sat on the ", "rug"),  # a trailing space moves on
+             ("", "An empty context is scored after the BOS token."),
              ("Roses are red, violets are", " blue, sugar is sweet, and so are you."),
              ("word " * 100, " and a continuation after a context that must be truncated")]
     question = "The capital of France is\nA. Lyon\nB. Paris\nC. Nice\nD. Lille\nAnswer:"
@@ -150,6 +151,38 @@ def test_continuation_scoring_gives_hflms_answers(tiny_llama, batch_size):
                             batch_size=batch_size).loglikelihood(loglikelihood_requests())
     assert [greedy for _, greedy in ours] == [greedy for _, greedy in theirs]
     assert [logprob for logprob, _ in ours] == pytest.approx([logprob for logprob, _ in theirs], abs=1e-4)
+
+
+def test_continuation_scoring_tokenizes_as_hflm_does(tiny_llama, monkeypatch):
+    """The batched, up-front tokenization hands `_loglikelihood_tokens` HFLM's own context and continuation ids."""
+    from lm_eval.models.huggingface import HFLM
+
+    from llmq_core.eval.lm import ContinuationHFLM
+
+    model, tokenizer = tiny_llama
+    tokenized, one_at_a_time = {}, []
+    for lm_class in (HFLM, ContinuationHFLM):
+        monkeypatch.setattr(lm_class, "_loglikelihood_tokens",
+                            lambda self, requests, **kwargs: tokenized.setdefault(type(self), requests))
+        lm_class(pretrained=model, tokenizer=tokenizer, batch_size=4).loglikelihood(loglikelihood_requests())
+        encode_one = HFLM.tok_encode  # from here on, count the strings HFLM's own tok_encode still gets
+        monkeypatch.setattr(HFLM, "tok_encode", lambda self, string, *args, **kwargs:
+                            one_at_a_time.append(string) or encode_one(self, string, *args, **kwargs))
+    assert tokenized[ContinuationHFLM] == tokenized[HFLM]
+    assert len(tokenized[HFLM]) == len(loglikelihood_requests())
+    assert one_at_a_time == ["An empty context is scored after the BOS token."]  # encoded without special tokens
+
+
+def test_templates_compiled_once_render_lm_evals_mmlu_prompts(cached_model):
+    """lm-eval's 5-shot MMLU contexts, built with its per-document template compilation and with ours."""
+    from unittest import mock
+
+    task = zeroshot.task_manager().load(["llmq_mmlu_astronomy"])["tasks"]["llmq_mmlu_astronomy"]
+    docs = list(task.test_docs())[:3]
+    theirs = [task.fewshot_context(doc, num_fewshot=5) for doc in docs]
+    with mock.patch("lm_eval.utils.apply_template", zeroshot.render_template):
+        ours = [task.fewshot_context(doc, num_fewshot=5) for doc in docs]
+    assert ours == theirs and theirs[0].count("Answer:") == 6
 
 
 def test_continuation_scoring_computes_logits_only_where_continuations_are(tiny_llama):

@@ -10,8 +10,10 @@ the batches, the one-token-continuation cache (MMLU's four answer letters share 
 pass) and the (log-likelihood, is-greedy) answers. It changes how a batch is scored: the model
 computes logits only for the last positions that hold continuations (transformers'
 `logits_to_keep`), log_softmax runs over those, and every request's sum and greedy match are
-gathered at once, with one copy back to the host per batch. tests/test_zeroshot.py checks
-that its answers equal HFLM's.
+gathered at once, with one copy back to the host per batch. It also tokenizes every request's
+strings up front, in batches (the fast tokenizer's own threads) and each distinct string once:
+HFLM encodes them one call at a time, and MMLU's 56k requests share 14k contexts.
+tests/test_zeroshot.py checks that its tokens and answers equal HFLM's.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ from __future__ import annotations
 import functools
 import inspect
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from lm_eval.models.huggingface import HFLM
-from lm_eval.models.utils import Collator
+from lm_eval.models.utils import Collator, _add_special_kwargs, has_bos_prefix
 from tqdm import tqdm
 
 Request = tuple[tuple[str, str], list[int], list[int]]  # (strings, context tokens, continuation tokens)
@@ -34,8 +37,50 @@ def accepts_logits_to_keep(model: torch.nn.Module) -> bool:
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
+def encoded_strings(context: str, continuation: str) -> tuple[str, str]:
+    """The two strings lm-eval's `_encode_pair` tokenizes for a causal model: the context with its trailing
+    spaces moved to the continuation, and the whole."""
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        context, continuation = context[:-spaces], context[-spaces:] + continuation
+    return context, context + continuation
+
+
 class ContinuationHFLM(HFLM):
     """HFLM whose log-likelihoods come from the continuation positions alone (decoder-only models)."""
+
+    _encoded: dict[str, np.ndarray] = {}  # tokenized ahead by loglikelihood(), read by tok_encode()
+
+    def loglikelihood(self, requests: list, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        """HFLM's, after tokenizing what its `_encode_pair` will ask for in batches; a string this misses (another
+        lm-eval's pairing) is encoded by HFLM as before."""
+        strings = {text for request in requests if request.args[0] for text in encoded_strings(*request.args)}
+        self._encoded = self._batch_encode(sorted(strings))
+        try:
+            return super().loglikelihood(requests, disable_tqdm)
+        finally:
+            self._encoded = {}
+
+    def _batch_encode(self, strings: list[str], chunk: int = 2048) -> dict[str, np.ndarray]:
+        """Each string's token ids with the special tokens HFLM's tok_encode would give it (none after a BOS)."""
+        bos = self.tokenizer.decode(self.prefix_token_id)
+        default = _add_special_kwargs(None, self.add_bos_token)
+        groups: dict[bool, list[str]] = {True: [], False: []}
+        for text in strings:
+            groups[has_bos_prefix(text, bos)].append(text)
+        encoded = {}
+        for starts_with_bos, group in groups.items():
+            kwargs = {**default, "add_special_tokens": False} if starts_with_bos else default
+            for start in range(0, len(group), chunk):  # int32 arrays: lists of Python ints would take GBs
+                ids = self.tokenizer(group[start:start + chunk], **kwargs)["input_ids"]
+                encoded.update(zip(group[start:start + chunk], (np.array(i, dtype=np.int32) for i in ids)))
+        return encoded
+
+    def tok_encode(self, string: str, add_special_tokens: bool | None = None, left_truncate_len: int | None = None,
+                   **kwargs) -> list[int]:
+        if add_special_tokens is None and not left_truncate_len and not kwargs and string in self._encoded:
+            return self._encoded[string].tolist()
+        return super().tok_encode(string, add_special_tokens, left_truncate_len, **kwargs)
 
     def _loglikelihood_tokens(self, requests: list[Request], disable_tqdm: bool = False,
                               override_bs: int | None = None) -> list[tuple[float, bool]]:
