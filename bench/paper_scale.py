@@ -11,9 +11,10 @@ printed with their ratio to RTN's, measured in the same run. The peer is llm-com
 (W4A16, group 128) on the same model and calibration, printed as ours/theirs against our GPTQ g128;
 it runs where `llmcompressor` imports (carried as wheels to the lent GPU: bench/lent_gpu/README.md).
 Evaluation: perplexity tokens/s at seqlen 2048 and its share of the GPU's dense bf16 peak (2 FLOP
-per parameter and token), and lm-eval's five tasks in full through our ContinuationHFLM, with the
-embedded model's tokenizer (49,152 ids, all valid for the 128,256-row embedding). The last column is each
-method's share of the quick CPU sweep (sweeps/quick.yaml) as its stored records took it on 2 cores.
+per weight of the blocks and the head, per token), and lm-eval's five tasks in full through our
+ContinuationHFLM, with the embedded model's tokenizer (49,152 ids, all valid for the 128,256-row
+embedding). The last column is each method's share of the quick CPU sweep (sweeps/quick.yaml) as
+its stored records took it on 2 cores.
 """
 
 from __future__ import annotations
@@ -108,7 +109,8 @@ def peer_gptq(args: argparse.Namespace) -> tuple[float, float]:
 
 def evaluation(args: argparse.Namespace) -> list[tuple[str, str]]:
     model = build_model(args.shape, args.layers, args.device)
-    params = sum(p.numel() for p in model.parameters())
+    # the weights a token multiplies (2 FLOP each): the blocks and the head, not the embedding lookup
+    params = sum(p.numel() for p in model.model.layers.parameters()) + model.lm_head.weight.numel()
     tokens = torch.randint(0, model.config.vocab_size, (1, args.ppl_windows * 2048))
     perplexity(model, tokens[:, :2048], 2048, progress=False)  # warm-up
     _, seconds, _ = measured(args.device, lambda: perplexity(model, tokens, 2048, progress=False))
