@@ -40,9 +40,11 @@ from llmq_core.quant import get_method  # noqa: E402
 from llmq_core.results import ResultStore, git_commit  # noqa: E402
 from timing import measured  # noqa: E402
 
-SHAPES = {  # LLaMA-3-8B's config.json, and a stand-in small enough for a CPU test
+SHAPES = {  # LLaMA-3-8B's and 70B's config.json, and a stand-in small enough for a CPU test
     "llama3-8b": dict(hidden_size=4096, num_hidden_layers=32, intermediate_size=14336, num_attention_heads=32,
                       num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0, max_position_embeddings=8192),
+    "llama3-70b": dict(hidden_size=8192, num_hidden_layers=80, intermediate_size=28672, num_attention_heads=64,
+                       num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0, max_position_embeddings=8192),
     "tiny": dict(hidden_size=256, num_hidden_layers=2, intermediate_size=512, num_attention_heads=4,
                  num_key_value_heads=2, vocab_size=49152, max_position_embeddings=2048),
 }

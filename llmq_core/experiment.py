@@ -23,7 +23,7 @@ from llmq_core.eval.perplexity import perplexity
 from llmq_core.eval.zeroshot import EXPENSIVE_TASKS, TASKS, check_task_name, evaluate_task
 from llmq_core.lora.finetune import finetune, load_adapter_weights, loss_curve, save_adapter
 from llmq_core.lora.instructions import instruction_batches, load_instructions
-from llmq_core.models import check_model_available, default_dtype
+from llmq_core.models import check_model_available, default_dtype, is_offloaded, place_for_evaluation
 from llmq_core.quant import METHODS, QuantSpec, check_spec, get_method
 from llmq_core.results import ResultStore, Timer, adapters_dir, key_hash, peak_memory_mb
 
@@ -158,6 +158,10 @@ def quantize_model(model: PreTrainedModel, config: RunConfig,
     method = get_method(config.method)
     if method.track == "lora_ft":
         raise LlmqError(f"{method.name} fine-tunes a quantized base: build it with prepare_and_finetune(config)")
+    if is_offloaded(model) and not method.offloads:
+        able = ", ".join(name for name, m in METHODS.items() if m.offloads and m.track == "ptq")
+        raise LlmqError(f"{method.name} runs the whole model at once, and this model is held in CPU memory because "
+                        f"it is larger than the GPU; use GPUs that hold it, or one of: {able}")
     calibration = None
     if method.needs_calibration:
         if tokenizer is None:
@@ -220,6 +224,8 @@ def evaluate_and_record(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
                         force: bool = False) -> pd.DataFrame:
     """Score every text and task of `config` that the store lacks (all of them with `force`); one row each."""
     store = store or ResultStore()
+    if is_offloaded(model):  # larger than the GPU: its blocks over the visible GPUs, the rest in CPU memory
+        place_for_evaluation(model)
     todo = config.targets() if force else config.pending(store)
     # the expensive tasks last, so that a run cut short (a lent GPU's call limit) has stored the cheaper records
     todo = sorted(todo, key=lambda target: target in EXPENSIVE_TASKS)

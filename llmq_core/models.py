@@ -52,9 +52,15 @@ def check_model_available(name: str) -> None:
 
 
 def load_model(name: str, device: str = "cpu", dtype: torch.dtype | None = None,
-               quantization_config: Any = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+               quantization_config: Any = None, offload: bool | None = None
+               ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer in eval mode on `device`; quantized while loading where
-    `quantization_config` is given (e.g. transformers' BitsAndBytesConfig)."""
+    `quantization_config` is given (e.g. transformers' BitsAndBytesConfig).
+
+    A model larger than the GPU (LLaMA-3-70B in bf16 on one 80 GB GPU) is offloaded: its weights stay in CPU
+    memory, the quantizers bring one block at a time to `device` (`offload_to`), and its first evaluation
+    spreads it over the visible GPUs (`place_for_evaluation`). `offload=None` decides by size: offload when the
+    weights need more than 90% of the GPU's free memory."""
     source = resolve_model(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
@@ -68,7 +74,15 @@ def load_model(name: str, device: str = "cpu", dtype: torch.dtype | None = None,
                 "or a model already in the Hugging Face cache" if offline else
                 f"known short names: {', '.join(MODELS)}; or give a hub id or a local folder")
         raise LlmqError(f"model {name!r} could not be loaded ({str(error).splitlines()[0]}); {hint}") from None
-    return (model if placement else model.to(device)).eval(), tokenizer
+    if placement:
+        return model.eval(), tokenizer
+    if offload is None:
+        offload = device.startswith("cuda") and weight_bytes(model) > 0.9 * torch.cuda.mem_get_info(device)[0]
+    return (offload_to(model, device) if offload else model.to(device)).eval(), tokenizer
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    return sum(tensor.numel() * tensor.element_size() for tensor in model.parameters())
 
 
 def decoder_layers(model: PreTrainedModel) -> torch.nn.ModuleList:
@@ -81,3 +95,30 @@ def decoder_linears(model: PreTrainedModel) -> dict[str, torch.nn.Linear]:
     return {f"layers.{i}.{name}": module
             for i, layer in enumerate(decoder_layers(model))
             for name, module in layer.named_modules() if isinstance(module, torch.nn.Linear)}
+
+
+def offload_to(model: PreTrainedModel, device: str) -> PreTrainedModel:
+    """Mark a model held in CPU memory as computed on `device` one decoder block at a time (quant/layerwise.py)."""
+    model.llmq_compute_device = torch.device(device)
+    return model
+
+
+def is_offloaded(model: PreTrainedModel) -> bool:
+    """Held in CPU memory for block-by-block quantization, and not yet placed for evaluation."""
+    return hasattr(model, "llmq_compute_device") and not hasattr(model, "hf_device_map")
+
+
+def compute_device(model: PreTrainedModel) -> torch.device:
+    """Where the quantizers calibrate and quantize the blocks: the offload device, else where the weights are."""
+    return getattr(model, "llmq_compute_device", None) or next(model.parameters()).device
+
+
+def place_for_evaluation(model: PreTrainedModel, max_memory: dict[int | str, int | str] | None = None
+                         ) -> PreTrainedModel:
+    """accelerate's device_map="auto" for a model in CPU memory: whole decoder blocks fill the visible GPUs in
+    order (up to `max_memory` each, default what is free), and what does not fit stays on the CPU and is
+    brought to the GPU as it runs. Inputs go in, and logits come out, on the first GPU."""
+    from accelerate import dispatch_model, infer_auto_device_map
+
+    device_map = infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=model._no_split_modules)
+    return dispatch_model(model, device_map)

@@ -7,6 +7,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
+import big_model  # noqa: E402
 import paper_scale  # noqa: E402
 
 
@@ -41,3 +42,20 @@ def test_the_peer_runs_where_llm_compressor_is_installed(cached_model, capsys):
     paper_scale.main(["--shape", "tiny", "--layers", "1", "--methods", "gptq", "peer"])
     out = capsys.readouterr().out
     assert "failed" not in out and "ours/theirs" in out
+
+
+def test_the_big_model_bench_quantizes_offloaded_and_evaluates_placed(tmp_path):
+    out = tmp_path / "BIG.md"
+    big_model.main(["--shape", "tiny", "--device", "cpu", "--nsamples", "2", "--ppl-windows", "2", "--seqlen", "64",
+                    "--markdown", str(out)])
+    rows = [line.split("|")[1:-1] for line in out.read_text().splitlines() if line.startswith("| ")][1:]
+    assert [row[0].split(",")[0].strip() for row in rows] == ["random weights in CPU memory", "GPTQ w4 g128",
+                                                              "perplexity"]
+    assert "2 blocks on cpu" in rows[2][3] and "finite" in out.read_text()
+
+
+def test_random_weights_drawn_elsewhere_are_a_working_llama():
+    model = big_model.random_model_in_cpu_memory(paper_scale.LlamaConfig(**paper_scale.SHAPES["tiny"]), "cpu")
+    weights = model.model.layers[0].mlp.up_proj.weight
+    assert weights.dtype == paper_scale.torch.bfloat16 and 0.015 < float(weights.float().std()) < 0.025
+    assert paper_scale.torch.isfinite(model(paper_scale.torch.tensor([[1, 2, 3]])).logits).all()

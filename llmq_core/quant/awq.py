@@ -32,7 +32,7 @@ from tqdm import tqdm
 from transformers import PreTrainedModel
 
 from llmq_core.models import decoder_layers
-from llmq_core.quant.layerwise import (block_linears, capture_block_inputs, expand_to_inputs, fold_scales,
+from llmq_core.quant.layerwise import (block_linears, block_on, capture_block_inputs, expand_to_inputs, fold_scales,
                                       forward_in_chunks, linear_inputs, tie_to_previous)
 from llmq_core.quant.primitives import fake_quantize, find_scale_zero, quantize_weight_groupwise
 from llmq_core.quant.registry import QuantSpec, register_method
@@ -127,39 +127,40 @@ INPUT_OF = {name: group.linears[0] for group in LLAMA_GROUPS for name in group.l
 
 
 @register_method("awq", wbits=range(2, 9), notebook="ptq/awq.ipynb", paper_name="AWQ", needs_calibration=True,
-                 summary="activation-aware channel scaling and clipping, then round-to-nearest")
+                 summary="activation-aware channel scaling and clipping, then round-to-nearest", offloads=True)
 @torch.no_grad()
 def quantize_awq(model: PreTrainedModel, spec: QuantSpec, calibration: torch.Tensor) -> dict:
     """Search scales and clipping block by block on full-precision activations, then round every Linear."""
     bits, alphas, quantized = int(spec.wbits), {group.inspect: [] for group in LLAMA_GROUPS}, []
     inputs, block_kwargs = capture_block_inputs(model, calibration)
-    for block in tqdm(decoder_layers(model), desc="AWQ blocks", leave=False):
-        linears, modules = block_linears(block), dict(block.named_modules())
-        head_dim = block.self_attn.head_dim
-        seen: dict[str, list[torch.Tensor]] = {group.linears[0]: [] for group in LLAMA_GROUPS}
-        with linear_inputs({name: linears[name] for name in seen}, lambda name, x: seen[name].append(x)):
-            outputs = forward_in_chunks(block, inputs, block_kwargs)  # the next block sees full precision
-        features = {name: torch.cat(x).view(*inputs.shape[:2], -1) for name, x in seen.items()}
-        searched = []
-        for group in LLAMA_GROUPS:  # every search on the unscaled block, as in the reference
-            group_linears = [linears[name] for name in group.linears]
-            scales, losses = search_scales(modules[group.inspect], group_linears, features[group.linears[0]],
-                                           block_kwargs if group.inspect == "self_attn" else {}, bits,
-                                           spec.group_size, spec.symmetric, modules[group.previous].weight.shape[0],
-                                           head_dim)
-            alphas[group.inspect].append(losses.index(min(losses)) / SCALE_GRID)
-            searched.append((group, group_linears, scales))
-        for group, group_linears, scales in searched:
-            per_input = fold_scales(modules[group.previous], group_linears, scales, head_dim)
-            first = group.linears[0]  # the clipping search sees the scaled inputs
-            features[first] = features[first] / per_input.to(features[first].dtype)
-        for name, linear in linears.items():
-            if not name.endswith(("q_proj", "k_proj")):  # their outputs meet in q k^T: no per-Linear target
-                bounds = search_clipping(linear.weight, features[INPUT_OF[name]].reshape(-1, linear.in_features),
-                                         bits, spec.group_size, spec.symmetric)
-                linear.weight.data = linear.weight.float().clamp(-bounds, bounds).to(linear.weight.dtype)
-            linear.weight.data = quantize_weight_groupwise(linear.weight, bits, spec.group_size, spec.symmetric)
-            quantized.append(linear)
-        inputs = outputs
+    for held in tqdm(decoder_layers(model), desc="AWQ blocks", leave=False):
+        with block_on(held, inputs.device) as block:
+            linears, modules = block_linears(block), dict(block.named_modules())
+            head_dim = block.self_attn.head_dim
+            seen: dict[str, list[torch.Tensor]] = {group.linears[0]: [] for group in LLAMA_GROUPS}
+            with linear_inputs({name: linears[name] for name in seen}, lambda name, x: seen[name].append(x)):
+                outputs = forward_in_chunks(block, inputs, block_kwargs)  # the next block sees full precision
+            features = {name: torch.cat(x).view(*inputs.shape[:2], -1) for name, x in seen.items()}
+            searched = []
+            for group in LLAMA_GROUPS:  # every search on the unscaled block, as in the reference
+                group_linears = [linears[name] for name in group.linears]
+                scales, losses = search_scales(modules[group.inspect], group_linears, features[group.linears[0]],
+                                               block_kwargs if group.inspect == "self_attn" else {}, bits,
+                                               spec.group_size, spec.symmetric, modules[group.previous].weight.shape[0],
+                                               head_dim)
+                alphas[group.inspect].append(losses.index(min(losses)) / SCALE_GRID)
+                searched.append((group, group_linears, scales))
+            for group, group_linears, scales in searched:
+                per_input = fold_scales(modules[group.previous], group_linears, scales, head_dim)
+                first = group.linears[0]  # the clipping search sees the scaled inputs
+                features[first] = features[first] / per_input.to(features[first].dtype)
+            for name, linear in linears.items():
+                if not name.endswith(("q_proj", "k_proj")):  # their outputs meet in q k^T: no per-Linear target
+                    bounds = search_clipping(linear.weight, features[INPUT_OF[name]].reshape(-1, linear.in_features),
+                                             bits, spec.group_size, spec.symmetric)
+                    linear.weight.data = linear.weight.float().clamp(-bounds, bounds).to(linear.weight.dtype)
+                linear.weight.data = quantize_weight_groupwise(linear.weight, bits, spec.group_size, spec.symmetric)
+                quantized.append(linear)
+            inputs = outputs
     return {"avg_bits": model_average_bits(quantized, bits, spec.group_size), "quantized_linears": len(quantized),
             "awq_mean_alpha": {name: round(sum(a) / len(a), 3) for name, a in alphas.items()}}

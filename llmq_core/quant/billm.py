@@ -168,7 +168,7 @@ OPTIONS = {"max_salient_columns": 50, "percdamp": 0.01, "salient_search": "sensi
 
 @register_method("billm", wbits=(1.1,), notebook="ptq/billm.ipynb", paper_name="BiLLM", needs_calibration=True,
                  options=OPTIONS, choices={"salient_search": ("sensitivity", "weights")},
-                 summary="salient columns binarized twice, the rest in two searched groups; ~1.1 bits")
+                 summary="salient columns binarized twice, the rest in two searched groups; ~1.1 bits", offloads=True)
 @torch.no_grad()
 def quantize_billm(model: PreTrainedModel, spec: QuantSpec, calibration: torch.Tensor) -> dict:
     """Block by block, as GPTQ; group_size is BiLLM's block size (the paper's: 128; None: a whole row).

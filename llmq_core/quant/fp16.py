@@ -8,6 +8,6 @@ from llmq_core.quant.registry import QuantSpec, register_method
 
 
 @register_method("fp16", wbits=(16,), notebook="ptq/fp16.ipynb", paper_name="FP16",
-                 summary="unquantized baseline (the paper's FP16 row)")
+                 summary="unquantized baseline (the paper's FP16 row)", offloads=True)
 def keep_full_precision(model: torch.nn.Module, spec: QuantSpec, calibration: torch.Tensor | None) -> dict:
     return {"avg_bits": 16.0}

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from transformers import PreTrainedModel
 
 from llmq_core.models import decoder_layers
-from llmq_core.quant.layerwise import block_linears, capture_block_inputs, linear_inputs, run_block
+from llmq_core.quant.layerwise import block_linears, block_on, capture_block_inputs, linear_inputs, run_block
 from llmq_core.quant.primitives import fake_quantize, find_scale_zero
 from llmq_core.quant.registry import QuantSpec, register_method
 from llmq_core.quant.rtn import model_average_bits
@@ -206,25 +206,27 @@ def quantize_block_by_block(model: PreTrainedModel, calibration: torch.Tensor,
                             true_sequential: bool = False) -> None:
     """The Hessian-based methods' walk through the decoder (GPTQ, QuIP, PB-LLM, BiLLM): for each block, the
     Hessians of its Linears' inputs on the calibration windows, `quantize_linear(name, linear, hessian)` for
-    each Linear, then the block's outputs, so that the next block is calibrated on the *quantized* block."""
+    each Linear, then the block's outputs, so that the next block is calibrated on the *quantized* block.
+    Each block is on the compute device for its turn (the whole model is, unless it is offloaded)."""
     inputs, block_kwargs = capture_block_inputs(model, calibration)
-    for index, block in enumerate(tqdm(decoder_layers(model), desc=desc, leave=False)):
-        linears = block_linears(block)
-        groups = input_groups(linears)
-        # true_sequential: calibrate each group on the outputs of the groups already quantized
-        for stage in ([[group] for group in groups] if true_sequential else [groups]):
-            hessians = block_hessians(block, linears, stage, inputs, block_kwargs)
-            for group in stage:
-                for name in group:
-                    quantize_linear(f"layers.{index}.{name}", linears[name], hessians[group[0]])
-        inputs = run_block(block, inputs, block_kwargs)
+    for index, held in enumerate(tqdm(decoder_layers(model), desc=desc, leave=False)):
+        with block_on(held, inputs.device) as block:
+            linears = block_linears(block)
+            groups = input_groups(linears)
+            # true_sequential: calibrate each group on the outputs of the groups already quantized
+            for stage in ([[group] for group in groups] if true_sequential else [groups]):
+                hessians = block_hessians(block, linears, stage, inputs, block_kwargs)
+                for group in stage:
+                    for name in group:
+                        quantize_linear(f"layers.{index}.{name}", linears[name], hessians[group[0]])
+            inputs = run_block(block, inputs, block_kwargs)
 
 
 OPTIONS = {"act_order": False, "static_groups": False, "percdamp": 0.01, "true_sequential": False}
 
 
 @register_method("gptq", wbits=range(2, 9), notebook="ptq/gptq.ipynb", paper_name="GPTQ", needs_calibration=True,
-                 options=OPTIONS, summary="Hessian-aware column-by-column rounding with error feedback")
+                 options=OPTIONS, summary="Hessian-aware column-by-column rounding with error feedback", offloads=True)
 @torch.no_grad()
 def quantize_gptq(model: PreTrainedModel, spec: QuantSpec, calibration: torch.Tensor) -> dict:
     """Quantize the decoder block by block; each block is calibrated on the quantized blocks' outputs."""

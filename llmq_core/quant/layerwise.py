@@ -5,32 +5,56 @@ block 0 are kept (with the keyword arguments the block receives: attention mask,
 embeddings). Then each block in turn is calibrated on its inputs, quantized, and run again so that
 the next block sees the outputs of the *quantized* block, as in GPTQ's `llama_sequential`. Only one
 block's activations are alive at a time, so the full model never needs the memory of all of them.
+
+A model larger than the GPU stays in CPU memory (`models.load_model(..., offload=True)`): the blocks
+are then calibrated and quantized on its compute device one at a time (`block_on`), as GPTQ's
+reference does for LLaMA-65B, and the calibration activations live on that device throughout.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+import itertools
+from contextlib import ExitStack, contextmanager
 from typing import Any, Callable, Iterator
 
 import torch
 from transformers import PreTrainedModel
 
-from llmq_core.models import decoder_layers
+from llmq_core.models import compute_device, decoder_layers
 
 
 class _StopForward(Exception):
     """Raised by the hook on block 0 once its inputs are captured: the rest of the model is not needed."""
 
 
+def home_device(module: torch.nn.Module) -> torch.device | None:
+    """Where the module's weights (or buffers, for rotary tables) live; None if it holds no tensor."""
+    return next((tensor.device for tensor in itertools.chain(module.parameters(), module.buffers())), None)
+
+
+@contextmanager
+def block_on(module: torch.nn.Module, device: torch.device) -> Iterator[torch.nn.Module]:
+    """`module` on `device` for its turn, then back where its weights live (nothing moves if they are there)."""
+    home = home_device(module)
+    module.to(device)
+    try:
+        yield module
+    finally:
+        module.to(home)
+
+
 @torch.no_grad()
 def capture_block_inputs(model: PreTrainedModel, windows: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Hidden states (n, seqlen, hidden) entering block 0 for each window, and the block's keyword arguments.
+    """Hidden states (n, seqlen, hidden) entering block 0 for each window, and the block's keyword arguments,
+    computed on the model's compute device: for an offloaded model, what surrounds the blocks (the embedding,
+    the rotary tables) is brought there for this, so that its blocks see what they would see on it.
 
     The keyword arguments (causal mask, position embeddings) are the same for every window of
     one length, so those of the first window serve all of them.
     """
-    device = next(model.parameters()).device
-    first = decoder_layers(model)[0]
+    device, blocks = compute_device(model), decoder_layers(model)
+    around_blocks = [child for child in model.get_decoder().children() if child is not blocks and home_device(child)]
+    first = blocks[0]
     captured: list[torch.Tensor] = []
     block_kwargs: dict[str, Any] = {}
 
@@ -42,14 +66,17 @@ def capture_block_inputs(model: PreTrainedModel, windows: torch.Tensor) -> tuple
         raise _StopForward
 
     handle = first.register_forward_pre_hook(grab, with_kwargs=True)
-    try:
-        for window in windows:
-            try:
-                model(window.unsqueeze(0).to(device), use_cache=False)
-            except _StopForward:
-                pass
-    finally:
-        handle.remove()
+    with ExitStack() as held:
+        for child in around_blocks:
+            held.enter_context(block_on(child, device))
+        try:
+            for window in windows:
+                try:
+                    model(window.unsqueeze(0).to(device), use_cache=False)
+                except _StopForward:
+                    pass
+        finally:
+            handle.remove()
     return torch.cat(captured), block_kwargs
 
 

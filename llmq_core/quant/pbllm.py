@@ -91,7 +91,7 @@ OPTIONS = {"high_bits": 8, "salient_metric": "hessian", "percdamp": 0.01}
 
 @register_method("pbllm", wbits=(1.7, 2), notebook="ptq/pbllm.ipynb", paper_name="PB-LLM", needs_calibration=True,
                  options=OPTIONS, choices={"salient_metric": ("hessian", "magnitude")},
-                 summary="8-bit salient weights, the rest binarized, with GPTQ's error feedback")
+                 summary="8-bit salient weights, the rest binarized, with GPTQ's error feedback", offloads=True)
 @torch.no_grad()
 def quantize_pbllm(model: PreTrainedModel, spec: QuantSpec, calibration: torch.Tensor) -> dict:
     """Block by block, as GPTQ; wbits sets the salient fraction by the paper's accounting."""

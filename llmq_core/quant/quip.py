@@ -135,7 +135,7 @@ OPTIONS = {"percdamp": 0.01, "seed": 0, "grid_range": GRID_RANGE}
 
 @register_method("quip", wbits=range(2, 9), notebook="ptq/quip.ipynb", paper_name="QuIP", needs_calibration=True,
                  options=OPTIONS, grouped=False,
-                 summary="random orthogonal incoherence processing, then LDLQ (OPTQ) rounding")
+                 summary="random orthogonal incoherence processing, then LDLQ (OPTQ) rounding", offloads=True)
 @torch.no_grad()
 def quantize_quip(model: PreTrainedModel, spec: QuantSpec, calibration: torch.Tensor) -> dict:
     """Block by block, as GPTQ: each block is calibrated on the quantized blocks' outputs."""

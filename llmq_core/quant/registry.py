@@ -51,6 +51,8 @@ class Method:
     always_symmetric: bool = False  # its quantizers are symmetric by construction (the `symmetric` flag is set)
     choices: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # the allowed values of an option, where few
     track: str = "ptq"  # "ptq" (post-training quantization) or "lora_ft" (quantized base + LoRA fine-tuning)
+    # it quantizes a model held in CPU memory (larger than the GPU): one block at a time on the GPU, or per weight
+    offloads: bool = False
 
 
 METHODS: dict[str, Method] = {}
@@ -59,14 +61,14 @@ METHODS: dict[str, Method] = {}
 def register_method(name: str, *, wbits: Iterable[float], notebook: str, paper_name: str, abits: Iterable[int] = (16,),
                     needs_calibration: bool = False, summary: str = "", options: dict[str, Any] | None = None,
                     grouped: bool = True, always_symmetric: bool = False,
-                    choices: dict[str, tuple[Any, ...]] | None = None, track: str = "ptq"
+                    choices: dict[str, tuple[Any, ...]] | None = None, track: str = "ptq", offloads: bool = False
                     ) -> Callable[[QuantizeFn], QuantizeFn]:
     def register(fn: QuantizeFn) -> QuantizeFn:
         if name in METHODS:
             raise ValueError(f"method {name!r} is registered twice")
         METHODS[name] = Method(name, fn, tuple(wbits), tuple(abits), notebook, needs_calibration,
                                summary or (fn.__doc__ or "").strip().split("\n")[0], paper_name, dict(options or {}), grouped,
-                               always_symmetric, dict(choices or {}), track)
+                               always_symmetric, dict(choices or {}), track, offloads)
         return fn
     return register
 

@@ -26,7 +26,7 @@ def model_average_bits(linears: list[torch.nn.Linear], bits: int, group_size: in
 
 
 @register_method("rtn", wbits=range(1, 9), notebook="ptq/rtn.ipynb", paper_name="RTN",
-                 summary="round-to-nearest, per channel or per group")
+                 summary="round-to-nearest, per channel or per group", offloads=True)
 @torch.no_grad()
 def quantize_rtn(model: torch.nn.Module, spec: QuantSpec, calibration: torch.Tensor | None) -> dict:
     linears = list(decoder_linears(model).values())
