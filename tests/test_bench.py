@@ -59,3 +59,19 @@ def test_random_weights_drawn_elsewhere_are_a_working_llama():
     weights = model.model.layers[0].mlp.up_proj.weight
     assert weights.dtype == paper_scale.torch.bfloat16 and 0.015 < float(weights.float().std()) < 0.025
     assert paper_scale.torch.isfinite(model(paper_scale.torch.tensor([[1, 2, 3]])).logits).all()
+
+
+def test_the_two_gpu_sweep_has_eight_configurations_and_its_store_check_counts_each_record(tmp_path):
+    import multi_gpu
+    from llmq_core.results import ResultStore
+
+    configs = multi_gpu.sweep_configs(ROOT / "bench" / "lent_gpu" / "two-gpus.yaml")
+    assert len(configs) == 8 and all(config.device == "cuda" for config in configs)
+    store = ResultStore(tmp_path)
+    first = configs[2]
+    for target in first.targets()[:3]:
+        store.put(first.record_key(target), {"ppl": 1.0}, wall_time_s=1.0, device="cpu")
+    expected = sum(len(config.targets()) for config in configs)
+    assert multi_gpu.store_check(configs, store) == (expected, 3, 3)
+    store.put({**first.record_key("piqa"), "seed": 1}, {"acc": 0.5}, wall_time_s=1.0, device="cpu")  # not the sweep's
+    assert multi_gpu.store_check(configs, store) == (expected, 3, 4)
