@@ -6,6 +6,10 @@ The baseline is gptq.py as of BASELINE_COMMIT (read with `git show`, or from --b
 the tree has no .git, as on a lent GPU). Both quantize the same random weight with the same Hessian
 (from random inputs) at three settings; the table gives each one's wall time, the speed-up, and the
 largest difference between the two quantized weights (0 where they agree bit for bit).
+
+PB-LLM's and QuIP's column loops replay CUDA graphs the same way; a second table times each with the
+graph and with its eager loop (`cuda_graph=False`, the code before), on the same layer and Hessian.
+On a CPU there is no graph, and both columns time the eager loop.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -24,6 +29,8 @@ sys.path.insert(0, str(ROOT))
 
 from llmq_core.quant import METHODS  # noqa: E402
 from llmq_core.quant.gptq import gptq_quantize_linear  # noqa: E402
+from llmq_core.quant.pbllm import pbllm_quantize_linear  # noqa: E402
+from llmq_core.quant.quip import ldlq_round  # noqa: E402
 from timing import measured  # noqa: E402
 
 BASELINE_COMMIT = "c396d89"  # the eager column loop, a dozen kernel launches per column
@@ -74,6 +81,25 @@ def main(argv: list[str] | None = None) -> None:
         before, old = timed(baseline, weight, hessian, settings)
         after, new = timed(gptq_quantize_linear, weight, hessian, settings)
         print(f"{name:24s} {before:9.3f} {after:9.3f} {before / after:8.2f}x {(old - new).abs().max().item():11.2e}")
+    print(f"\n{'column loop':24s} {'eager s':>9s} {'graph s':>9s} {'speed-up':>9s} {'max |diff|':>11s}")
+    for name, loop in graph_or_eager_loops(weight, hessian).items():
+        loop(True)  # warm-up and capture
+        old, eager, _ = measured(args.device, lambda: loop(False))
+        new, graph, _ = measured(args.device, lambda: loop(True))
+        print(f"{name:24s} {eager:9.3f} {graph:9.3f} {eager / graph:8.2f}x {(old - new).abs().max().item():11.2e}")
+
+
+def graph_or_eager_loops(weight: torch.Tensor, hessian: torch.Tensor) -> dict[str, Callable[[bool], torch.Tensor]]:
+    """PB-LLM at 1.7 bits (10 % salient, groups of 128) and QuIP's LDLQ at 2 bits, each given `cuda_graph`."""
+    def pbllm(graph: bool) -> torch.Tensor:
+        linear = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False, device=weight.device)
+        linear.weight.data = weight.clone()
+        pbllm_quantize_linear(linear, hessian.clone(), 0.1, 128, cuda_graph=graph)
+        return linear.weight.data
+
+    damped = hessian + 0.01 * hessian.diagonal().mean() * torch.eye(hessian.shape[0], device=hessian.device)
+    grid = (weight - weight.min()) / (weight.max() - weight.min()) * 3
+    return {"PB-LLM 1.7 bits": pbllm, "QuIP LDLQ 2 bits": lambda graph: ldlq_round(grid, damped, 4, cuda_graph=graph)}
 
 
 if __name__ == "__main__":

@@ -75,3 +75,11 @@ def test_the_two_gpu_sweep_has_eight_configurations_and_its_store_check_counts_e
     assert multi_gpu.store_check(configs, store) == (expected, 3, 3)
     store.put({**first.record_key("piqa"), "seed": 1}, {"acc": 0.5}, wall_time_s=1.0, device="cpu")  # not the sweep's
     assert multi_gpu.store_check(configs, store) == (expected, 3, 4)
+
+
+def test_the_column_loop_bench_finds_the_same_weights_before_and_after(capsys):
+    import gptq_columns
+
+    gptq_columns.main(["--rows", "64", "--cols", "192"])
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.endswith("e+00") or "e-" in line]
+    assert len(rows) == 5 and all(row[-1] == "0.00e+00" for row in rows)  # 3 GPTQ settings, PB-LLM, QuIP

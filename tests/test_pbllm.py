@@ -80,3 +80,13 @@ def test_an_unknown_salient_metric_is_refused_before_any_work():
     with pytest.raises(LlmqError, match="salient_search"):
         check_spec(get_method("billm"), QuantSpec(1.1, group_size=128, options={"salient_search": "random"}))
     check_spec(get_method("pbllm"), QuantSpec(1.7, group_size=128, options={"salient_metric": "magnitude"}))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA graph path needs a GPU")
+@pytest.mark.parametrize("group_size", [128, None])
+def test_the_cuda_graph_column_loop_gives_the_eager_loops_weights(group_size):
+    """As GPTQ's: one captured graph per group width (576 = 4 x 128 + 64 makes two) runs the eager loop's kernels."""
+    torch.manual_seed(3)
+    weight, inputs = torch.randn(256, 576).cuda(), correlated_inputs(2048, 576).cuda()
+    graph, eager = (pbllm_weight(weight, inputs, 0.1, group_size=group_size, cuda_graph=graph) for graph in (True, False))
+    assert torch.equal(graph[0], eager[0]) and graph[1] == eager[1]

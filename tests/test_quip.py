@@ -83,3 +83,13 @@ def test_quip_on_a_model_beats_rtn_on_the_calibration_data(tiny_llama):
 def test_quip_refuses_a_group_size():
     with pytest.raises(LlmqError, match="one scale per output channel"):
         check_spec(get_method("quip"), QuantSpec(3, group_size=128))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA graph path needs a GPU")
+def test_the_cuda_graph_column_loop_gives_the_eager_loops_rounding():
+    """As GPTQ's: one captured graph per block width (576 = 4 x 128 + 64 makes two) runs the eager loop's kernels."""
+    torch.manual_seed(4)
+    weight, inputs = (torch.rand(256, 576) * 7).cuda(), correlated_inputs(2048, 576).cuda()
+    hessian = hessian_of(inputs) + 0.01 * torch.eye(576, device="cuda")
+    graph, eager = (ldlq_round(weight, hessian, levels=8, cuda_graph=graph) for graph in (True, False))
+    assert torch.equal(graph, eager)

@@ -117,11 +117,12 @@ def gptq_columns(block: torch.Tensor, inverse_block: torch.Tensor, bits: int, sy
 
 
 class CapturedColumns:
-    """`gptq_columns` for one block shape, captured once as a CUDA graph and replayed for each block of that
-    shape. Its loop launches about ten small kernels per column, 38,912 columns per LLaMA-3-8B block; on a GPU
-    the launches, not the arithmetic, set its pace, and a replay is one launch for the whole block."""
+    """A column loop for one block shape (`gptq_columns`; PB-LLM's and QuIP's use it too), captured once as a
+    CUDA graph and replayed for each block of that shape. Its loop launches about ten small kernels per column,
+    38,912 columns per LLaMA-3-8B block; on a GPU the launches, not the arithmetic, set its pace, and a replay
+    is one launch for the whole block."""
 
-    def __init__(self, run: Callable[..., tuple[torch.Tensor, torch.Tensor]], *inputs: torch.Tensor):
+    def __init__(self, run: Callable[..., tuple[torch.Tensor, ...]], *inputs: torch.Tensor):
         self.inputs = [x.clone() for x in inputs]  # the graph's own input buffers, copied into on each call
         side = torch.cuda.Stream()  # warm-up off the default stream, as CUDA graph capture asks
         side.wait_stream(torch.cuda.current_stream())
@@ -132,12 +133,13 @@ class CapturedColumns:
         with torch.cuda.graph(self.graph):
             self.outputs = run(*self.inputs)
 
-    def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The block's quantized columns and errors (copies: the next replay overwrites them)."""
+    def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """`run`'s outputs for these inputs: for GPTQ the block's quantized columns and errors (copies: the next
+        replay overwrites them)."""
         for static, value in zip(self.inputs, inputs):
             static.copy_(value)
         self.graph.replay()
-        return self.outputs[0].clone(), self.outputs[1].clone()
+        return tuple(output.clone() for output in self.outputs)
 
 
 def gptq_quantize_linear(linear: torch.nn.Linear, hessian: torch.Tensor, bits: int, group_size: int | None = None,

@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel
 
-from llmq_core.quant.gptq import drop_dead_inputs, inverse_hessian_factor, quantize_block_by_block
+from llmq_core.quant.gptq import CapturedColumns, drop_dead_inputs, inverse_hessian_factor, quantize_block_by_block
 from llmq_core.quant.primitives import fake_quantize, find_scale_zero
 from llmq_core.quant.registry import QuantSpec, register_method
 
@@ -49,17 +49,41 @@ def salient_weight_mask(weight: torch.Tensor, diagonal: torch.Tensor, fraction: 
     return mask.view_as(weight)
 
 
+def pbllm_columns(block: torch.Tensor, inverse_block: torch.Tensor, salient: torch.Tensor, mean: torch.Tensor,
+                  scale: torch.Tensor, high_scale: torch.Tensor, high_zero: torch.Tensor, high_bits: int
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """PB-LLM inside one group of columns, updating `block` in place: a salient weight is rounded to `high_bits`,
+    any other binarized to mean +- scale; the error, divided by U_jj, goes onto the group's later columns along
+    row j of U (GPTQ's feedback). Returns the quantized columns and the scaled errors."""
+    quantized, errors = torch.empty_like(block), torch.empty_like(block)
+    for i in range(block.shape[1]):
+        w = block[:, i]
+        high = fake_quantize(w.unsqueeze(1), high_scale, high_zero, high_bits).flatten()
+        q = torch.where(salient[:, i], high, torch.where(w >= mean, mean + scale, mean - scale))
+        quantized[:, i] = q
+        error = (w - q) / inverse_block[i, i]
+        block[:, i:] -= error.unsqueeze(1) @ inverse_block[i, i:].unsqueeze(0)
+        errors[:, i] = error
+    return quantized, errors
+
+
 @torch.no_grad()
 def pbllm_quantize_linear(linear: torch.nn.Linear, hessian: torch.Tensor, salient_fraction: float,
                           group_size: int | None = 128, high_bits: int = 8, salient_metric: str = "hessian",
-                          percdamp: float = 0.01) -> int:
+                          percdamp: float = 0.01, cuda_graph: bool = True) -> int:
     """Replace `linear.weight` by its partially binarized copy; returns the number of salient weights.
-    group_size None: one group per row. A last group narrower than group_size (576 = 4 x 128 + 64) is fine."""
+    group_size None: one group per row. A last group narrower than group_size (576 = 4 x 128 + 64) is fine.
+    On a GPU each group's column loop replays a CUDA graph, as GPTQ's does (`cuda_graph=False`: the eager loop)."""
     weight, hessian = drop_dead_inputs(linear.weight.data, hessian)
     rows, cols = weight.shape
     group = cols if group_size is None else group_size
     high_scale, high_zero = find_scale_zero(weight, high_bits)  # per row, from the weights before any update
     upper = inverse_hessian_factor(hessian, percdamp)
+
+    def run(*inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return pbllm_columns(*inputs, high_bits)
+
+    captured: dict[int, CapturedColumns] = {}  # by group width: the last group may be narrower
     quantized = torch.zeros_like(weight)
     salient_count = 0
     for start in range(0, cols, group):
@@ -71,20 +95,17 @@ def pbllm_quantize_linear(linear: torch.nn.Linear, hessian: torch.Tensor, salien
         count = binary.sum(1).clamp(min=1)
         mean = (block * binary).sum(1) / count
         scale = ((block - mean.unsqueeze(1)).abs() * binary).sum(1) / count
-        errors = torch.zeros_like(block)
-        for i in range(stop - start):
-            w = block[:, i]
-            high = fake_quantize(w.unsqueeze(1), high_scale, high_zero, high_bits).flatten()
-            q = torch.where(salient[:, i], high, torch.where(w >= mean, mean + scale, mean - scale))
-            quantized[:, start + i] = q
-            error = (w - q) / inverse_block[i, i]
-            block[:, i:] -= error.unsqueeze(1) @ inverse_block[i, i:].unsqueeze(0)
-            errors[:, i] = error
+        inputs = [block, inverse_block, salient, mean, scale, high_scale, high_zero]
+        if weight.is_cuda and cuda_graph:
+            if stop - start not in captured:
+                captured[stop - start] = CapturedColumns(run, *inputs)
+            quantized[:, start:stop], errors = captured[stop - start](*inputs)
+        else:
+            quantized[:, start:stop], errors = run(*inputs)
         weight[:, stop:] -= errors @ upper[start:stop, stop:]
         salient_count += int(salient.sum())
     linear.weight.data = quantized.to(linear.weight.dtype)
     return salient_count
-
 
 OPTIONS = {"high_bits": 8, "salient_metric": "hessian", "percdamp": 0.01}
 

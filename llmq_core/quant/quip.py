@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
-from llmq_core.quant.gptq import dampen_hessian, drop_dead_inputs, quantize_block_by_block
+from llmq_core.quant.gptq import CapturedColumns, dampen_hessian, drop_dead_inputs, quantize_block_by_block
 from llmq_core.quant.registry import QuantSpec, register_method
 
 # rho / RMS(W'): the reference's `qfn b`. Made for low bits: the ~1.6 % of (near-Gaussian) weights beyond it
@@ -63,22 +63,43 @@ def ldl_upper(hessian: torch.Tensor) -> torch.Tensor:
     return (unit - torch.eye(hessian.shape[0], dtype=unit.dtype, device=unit.device)).float()
 
 
+def ldlq_columns(target: torch.Tensor, block: torch.Tensor, feedback_block: torch.Tensor, levels: int
+                 ) -> tuple[torch.Tensor]:
+    """LDLQ inside one block of columns: column k is round(target_k + (w_{<k} - q_{<k}) a_k) over the block's
+    earlier columns, clamped to the grid (`target` holds the feedback of the columns before the block)."""
+    quantized = torch.zeros_like(block)
+    for k in range(block.shape[1]):
+        local = (block[:, :k] - quantized[:, :k]) @ feedback_block[:k, k]
+        quantized[:, k] = torch.clamp(torch.round(target[:, k] + local), 0, levels - 1)
+    return (quantized,)
+
+
 @torch.no_grad()
-def ldlq_round(weight: torch.Tensor, hessian: torch.Tensor, levels: int, blocksize: int = 128) -> torch.Tensor:
+def ldlq_round(weight: torch.Tensor, hessian: torch.Tensor, levels: int, blocksize: int = 128,
+               cuda_graph: bool = True) -> torch.Tensor:
     """Round `weight` (in grid units, 0 .. levels - 1) column by column with LDLQ's linear feedback.
 
     Column k: round(w_k + (w_{<k} - q_{<k}) a_k), clamped to the grid; the feedback of columns before the
-    current block of `blocksize` is added once per block, as one matrix product (GPTQ's lazy batch update)."""
+    current block of `blocksize` is added once per block, as one matrix product (GPTQ's lazy batch update).
+    On a GPU each block's column loop replays a CUDA graph, as GPTQ's does (`cuda_graph=False`: the eager loop)."""
     feedback = ldl_upper(hessian)
     quantized = torch.zeros_like(weight)
+
+    def run(*inputs: torch.Tensor) -> tuple[torch.Tensor]:
+        return ldlq_columns(*inputs, levels)
+
+    captured: dict[int, CapturedColumns] = {}  # by block width: the last block may be narrower
     for start in range(0, weight.shape[1], blocksize):
         stop = min(start + blocksize, weight.shape[1])
         target = weight[:, start:stop] + (weight[:, :start] - quantized[:, :start]) @ feedback[:start, start:stop]
-        for k in range(start, stop):
-            local = (weight[:, start:k] - quantized[:, start:k]) @ feedback[start:k, k]
-            quantized[:, k] = torch.clamp(torch.round(target[:, k - start] + local), 0, levels - 1)
+        inputs = [target, weight[:, start:stop], feedback[start:stop, start:stop]]
+        if weight.is_cuda and cuda_graph:
+            if stop - start not in captured:
+                captured[stop - start] = CapturedColumns(run, *inputs)
+            quantized[:, start:stop], = captured[stop - start](*inputs)
+        else:
+            quantized[:, start:stop], = run(*inputs)
     return quantized
-
 
 def rescaling(weight: torch.Tensor, hessian: torch.Tensor) -> torch.Tensor:
     """D = (diag H / diag W^T W)^(1/4), per input column (H normalised by its largest entry, as the reference)."""
