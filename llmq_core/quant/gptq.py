@@ -142,6 +142,23 @@ class CapturedColumns:
         return tuple(output.clone() for output in self.outputs)
 
 
+class ColumnLoop:
+    """`run(*inputs)` for each block of a Linear's columns: eager on a CPU (or with `cuda_graph=False`), and on a
+    GPU one CapturedColumns per input shape (the last block may be narrower)."""
+
+    def __init__(self, run: Callable[..., tuple[torch.Tensor, ...]], cuda_graph: bool = True):
+        self.run, self.cuda_graph = run, cuda_graph
+        self.captured: dict[tuple[torch.Size, ...], CapturedColumns] = {}
+
+    def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if not (self.cuda_graph and inputs[0].is_cuda):
+            return self.run(*inputs)
+        shapes = tuple(x.shape for x in inputs)
+        if shapes not in self.captured:
+            self.captured[shapes] = CapturedColumns(self.run, *inputs)
+        return self.captured[shapes](*inputs)
+
+
 def gptq_quantize_linear(linear: torch.nn.Linear, hessian: torch.Tensor, bits: int, group_size: int | None = None,
                          symmetric: bool = False, act_order: bool = False, static_groups: bool = False,
                          percdamp: float = 0.01, blocksize: int = 128, cuda_graph: bool = True) -> float:
@@ -172,7 +189,7 @@ def gptq_quantize_linear(linear: torch.nn.Linear, hessian: torch.Tensor, bits: i
     def run(block: torch.Tensor, inverse_block: torch.Tensor, *fixed: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return gptq_columns(block, inverse_block, bits, symmetric, group_size, *(fixed or (None, None)))
 
-    captured: dict[int, CapturedColumns] = {}  # by block width: the last block may be narrower
+    columns = ColumnLoop(run, cuda_graph)
     quantized = torch.zeros_like(weight)
     loss = torch.zeros(rows, device=weight.device)
     for start in range(0, cols, blocksize):
@@ -180,12 +197,7 @@ def gptq_quantize_linear(linear: torch.nn.Linear, hessian: torch.Tensor, bits: i
         inputs = [weight[:, start:stop].clone(), upper[start:stop, start:stop]]
         if scale is not None:
             inputs += [scale[:, start:stop], zero[:, start:stop]]
-        if weight.is_cuda and cuda_graph:
-            if stop - start not in captured:
-                captured[stop - start] = CapturedColumns(run, *inputs)
-            quantized[:, start:stop], errors = captured[stop - start](*inputs)
-        else:
-            quantized[:, start:stop], errors = run(*inputs)
+        quantized[:, start:stop], errors = columns(*inputs)
         loss += (errors ** 2).sum(dim=1) / 2
         weight[:, stop:] -= errors @ upper[start:stop, stop:]
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel
 
-from llmq_core.quant.gptq import CapturedColumns, drop_dead_inputs, inverse_hessian_factor, quantize_block_by_block
+from llmq_core.quant.gptq import ColumnLoop, drop_dead_inputs, inverse_hessian_factor, quantize_block_by_block
 from llmq_core.quant.primitives import fake_quantize, find_scale_zero
 from llmq_core.quant.registry import QuantSpec, register_method
 
@@ -83,7 +83,7 @@ def pbllm_quantize_linear(linear: torch.nn.Linear, hessian: torch.Tensor, salien
     def run(*inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return pbllm_columns(*inputs, high_bits)
 
-    captured: dict[int, CapturedColumns] = {}  # by group width: the last group may be narrower
+    columns = ColumnLoop(run, cuda_graph)
     quantized = torch.zeros_like(weight)
     salient_count = 0
     for start in range(0, cols, group):
@@ -96,12 +96,7 @@ def pbllm_quantize_linear(linear: torch.nn.Linear, hessian: torch.Tensor, salien
         mean = (block * binary).sum(1) / count
         scale = ((block - mean.unsqueeze(1)).abs() * binary).sum(1) / count
         inputs = [block, inverse_block, salient, mean, scale, high_scale, high_zero]
-        if weight.is_cuda and cuda_graph:
-            if stop - start not in captured:
-                captured[stop - start] = CapturedColumns(run, *inputs)
-            quantized[:, start:stop], errors = captured[stop - start](*inputs)
-        else:
-            quantized[:, start:stop], errors = run(*inputs)
+        quantized[:, start:stop], errors = columns(*inputs)
         weight[:, stop:] -= errors @ upper[start:stop, stop:]
         salient_count += int(salient.sum())
     linear.weight.data = quantized.to(linear.weight.dtype)

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
-from llmq_core.quant.gptq import CapturedColumns, dampen_hessian, drop_dead_inputs, quantize_block_by_block
+from llmq_core.quant.gptq import ColumnLoop, dampen_hessian, drop_dead_inputs, quantize_block_by_block
 from llmq_core.quant.registry import QuantSpec, register_method
 
 # rho / RMS(W'): the reference's `qfn b`. Made for low bits: the ~1.6 % of (near-Gaussian) weights beyond it
@@ -88,18 +88,13 @@ def ldlq_round(weight: torch.Tensor, hessian: torch.Tensor, levels: int, blocksi
     def run(*inputs: torch.Tensor) -> tuple[torch.Tensor]:
         return ldlq_columns(*inputs, levels)
 
-    captured: dict[int, CapturedColumns] = {}  # by block width: the last block may be narrower
+    columns = ColumnLoop(run, cuda_graph)
     for start in range(0, weight.shape[1], blocksize):
         stop = min(start + blocksize, weight.shape[1])
         target = weight[:, start:stop] + (weight[:, :start] - quantized[:, :start]) @ feedback[:start, start:stop]
-        inputs = [target, weight[:, start:stop], feedback[start:stop, start:stop]]
-        if weight.is_cuda and cuda_graph:
-            if stop - start not in captured:
-                captured[stop - start] = CapturedColumns(run, *inputs)
-            quantized[:, start:stop], = captured[stop - start](*inputs)
-        else:
-            quantized[:, start:stop], = run(*inputs)
+        quantized[:, start:stop], = columns(target, weight[:, start:stop], feedback[start:stop, start:stop])
     return quantized
+
 
 def rescaling(weight: torch.Tensor, hessian: torch.Tensor) -> torch.Tensor:
     """D = (diag H / diag W^T W)^(1/4), per input column (H normalised by its largest entry, as the reference)."""
