@@ -224,9 +224,9 @@ def evaluate_and_record(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
                         force: bool = False) -> pd.DataFrame:
     """Score every text and task of `config` that the store lacks (all of them with `force`); one row each."""
     store = store or ResultStore()
-    if is_offloaded(model):  # larger than the GPU: its blocks over the visible GPUs, the rest in CPU memory
-        place_for_evaluation(model)
     todo = config.targets() if force else config.pending(store)
+    if todo and is_offloaded(model):  # larger than the GPU: its blocks over the visible GPUs, the rest in CPU memory
+        place_for_evaluation(model)
     # the expensive tasks last, so that a run cut short (a lent GPU's call limit) has stored the cheaper records
     todo = sorted(todo, key=lambda target: target in EXPENSIVE_TASKS)
     for target in tqdm(todo, desc=f"{config.method} w{config.wbits:g} evaluation"):

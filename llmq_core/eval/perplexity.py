@@ -36,7 +36,8 @@ def perplexity(model: torch.nn.Module, token_ids: torch.Tensor, seqlen: int, max
         hidden = decoder(input_ids=batch).last_hidden_state[:, :-1]
         targets = batch[:, 1:]
         for start in range(0, seqlen - 1, LOGIT_CHUNK):
-            logits = head(hidden[:, start:start + LOGIT_CHUNK]).float()
-            total_nll += F.cross_entropy(logits.flatten(0, 1), targets[:, start:start + LOGIT_CHUNK].flatten(),
-                                         reduction="sum").double()
+            logits = head(hidden[:, start:start + LOGIT_CHUNK]).float()  # on the head's GPU, under device_map
+            chunk_targets = targets[:, start:start + LOGIT_CHUNK].to(logits.device)
+            nll = F.cross_entropy(logits.flatten(0, 1), chunk_targets.flatten(), reduction="sum")
+            total_nll += nll.double().to(device)
     return math.exp(total_nll.item() / (windows * (seqlen - 1)))
