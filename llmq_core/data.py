@@ -10,6 +10,7 @@ Two sources, chosen by `data=`:
 from __future__ import annotations
 
 import random
+import weakref
 from pathlib import Path
 
 import torch
@@ -23,6 +24,9 @@ HUB_TEXTS = ("wikitext2", "c4", "ptb")
 # Which paper column each text stands in for.
 PAPER_COLUMN = {"enwiki-excerpt": "wikitext2", "brown": "c4", "ptb": "ptb", "wikitext2": "wikitext2", "c4": "c4"}
 C4_VALIDATION_SHARD = "en/c4-validation.00000-of-00008.json.gz"
+# Whole text splits as token ids, per tokenizer object: a notebook draws calibration windows for its worked
+# example and again to quantize, and tokenizing a whole text takes seconds on 2 cores.
+_TOKENIZED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def check_text_name(name: str, source: str) -> None:
@@ -56,12 +60,21 @@ def _c4_validation() -> list[str]:
     return load_dataset("allenai/c4", data_files={"validation": C4_VALIDATION_SHARD}, split="validation")["text"]
 
 
+def tokenized_text(name: str, split: str, tokenizer: PreTrainedTokenizerBase, source: str) -> torch.Tensor:
+    """The token ids (N,) of a whole text split (not to be changed in place: they are kept for the next call)."""
+    cache = _TOKENIZED.setdefault(tokenizer, {})
+    if (name, split, source) not in cache:
+        text = _offline_text(name, split) if source == "offline" else _hub_text(name, split)
+        cache[name, split, source] = tokenizer(text, return_tensors="pt").input_ids[0]
+    return cache[name, split, source]
+
+
 def eval_tokens(name: str, tokenizer: PreTrainedTokenizerBase, source: str = "offline",
                 seqlen: int = 2048, seed: int = 0) -> torch.Tensor:
     """The token ids (1, N) of a perplexity text's test split."""
     check_text_name(name, source)
     if source == "offline":
-        return tokenizer(_offline_text(name, "test"), return_tensors="pt").input_ids
+        return tokenized_text(name, "test", tokenizer, source).unsqueeze(0)
     if name == "c4":  # as in the seed repo: 256 random windows of documents longer than seqlen
         documents, rng, windows = _c4_validation(), random.Random(seed), []
         while len(windows) < 256:
@@ -70,15 +83,14 @@ def eval_tokens(name: str, tokenizer: PreTrainedTokenizerBase, source: str = "of
                 start = rng.randint(0, ids.shape[1] - seqlen - 1)
                 windows.append(ids[:, start:start + seqlen])
         return torch.cat(windows, dim=1)
-    return tokenizer(_hub_text(name, "test"), return_tensors="pt").input_ids
+    return tokenized_text(name, "test", tokenizer, source).unsqueeze(0)
 
 
 def calibration_windows(name: str, tokenizer: PreTrainedTokenizerBase, nsamples: int, seqlen: int,
                         source: str = "offline", seed: int = 0) -> torch.Tensor:
     """`nsamples` random windows of `seqlen` tokens from a text's training split, as (nsamples, seqlen)."""
     check_text_name(name, source)
-    text = _offline_text(name, "train") if source == "offline" else _hub_text(name, "train")
-    ids = tokenizer(text, return_tensors="pt").input_ids[0]
+    ids = tokenized_text(name, "train", tokenizer, source)
     if ids.numel() <= seqlen:
         raise LlmqError(f"the calibration text {name!r} has {ids.numel()} tokens, fewer than seqlen={seqlen}")
     rng = random.Random(seed)

@@ -27,6 +27,15 @@ def test_calibration_windows_are_seeded_random_windows(cached_model):
     assert not torch.equal(a, calibration_windows("enwiki-excerpt", tokenizer, nsamples=4, seqlen=64, seed=1))
 
 
+def test_a_whole_text_is_tokenized_once_per_tokenizer(cached_model, monkeypatch):
+    _, tokenizer = cached_model
+    first = eval_tokens("ptb", tokenizer)
+    assert first.shape[0] == 1 and first.shape[1] > 10000
+    calls = []
+    monkeypatch.setattr(type(tokenizer), "__call__", lambda self, *args, **kwargs: calls.append(args))
+    assert torch.equal(eval_tokens("ptb", tokenizer), first) and calls == []
+
+
 def test_hub_only_texts_are_refused_offline(cached_model):
     with pytest.raises(LlmqError, match="--data hub"):
         eval_tokens("c4", cached_model[1])

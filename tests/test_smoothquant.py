@@ -84,6 +84,6 @@ def test_w8a8_perplexity_on_the_embedded_model_is_within_5_percent_of_fp16(cache
 
     model, tokenizer = load_model("smollm2-135m")
     tokens = eval_tokens("enwiki-excerpt", tokenizer, "offline", 512, 0)
-    fp16 = perplexity(model, tokens, 512, 4, progress=False)
-    quantize_smoothquant(model, QuantSpec(8, 8), calibration_windows("enwiki-excerpt", tokenizer, 8, 512, "offline", 0))
-    assert perplexity(model, tokens, 512, 4, progress=False) < 1.05 * fp16
+    fp16 = perplexity(model, tokens, 512, 2, progress=False)
+    quantize_smoothquant(model, QuantSpec(8, 8), calibration_windows("enwiki-excerpt", tokenizer, 4, 512, "offline", 0))
+    assert perplexity(model, tokens, 512, 2, progress=False) < 1.05 * fp16
