@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from llmq_core.eval.perplexity import perplexity  # noqa: E402
-from llmq_core.models import offload_to, place_for_evaluation  # noqa: E402
+from llmq_core.models import offload_to, place_for_evaluation, weight_bytes  # noqa: E402
 from llmq_core.quant import QuantSpec, get_method  # noqa: E402
 from llmq_core.results import git_commit  # noqa: E402
 from paper_scale import SHAPES  # noqa: E402
@@ -77,10 +77,9 @@ def main(argv: list[str] | None = None) -> None:
         torch.cuda.set_per_process_memory_fraction(args.gpu_gib * 2 ** 30 / total, gpu)
 
     model, build_seconds, _ = measured(args.device, lambda: random_model_in_cpu_memory(config, args.device))
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     device = f"{len(gpus)} x {torch.cuda.get_device_name()}" if cuda else "cpu"
     cap = f", capped at {args.gpu_gib:g} GiB each" if args.gpu_gib else ""
-    lines = [f"{args.shape} shape, {config.num_hidden_layers} blocks: {gib(weight_bytes)} GiB of bf16 weights; "
+    lines = [f"{args.shape} shape, {config.num_hidden_layers} blocks: {gib(weight_bytes(model))} GiB of bf16 weights; "
              f"{device}{cap}", "", "| step | wall s | peak GiB per GPU | where |", "|---|---|---|---|",
              f"| random weights in CPU memory | {build_seconds:.0f} | - | cpu |"]
 
@@ -97,8 +96,8 @@ def main(argv: list[str] | None = None) -> None:
     lines.append(f"| GPTQ w4 g128, {args.nsamples} x {args.seqlen} tokens, one block at a time | {seconds:.0f} | "
                  f"{peaks()} | weights in CPU memory, each block on {compute} for its turn |")
 
-    max_memory = {gpu: int(args.gpu_gib * 2 ** 30) for gpu in gpus} if args.gpu_gib else None
-    placed = place_for_evaluation(model, max_memory=None if max_memory is None else {**max_memory, "cpu": "1000GiB"})
+    cap_each = {**{gpu: int(args.gpu_gib * 2 ** 30) for gpu in gpus}, "cpu": "1000GiB"} if args.gpu_gib else None
+    placed = place_for_evaluation(model, max_memory=cap_each)
     blocks = Counter(str(where) for name, where in placed.hf_device_map.items() if ".layers." in f".{name}.")
     if not blocks:  # a map that places whole submodules (e.g. all of `model`) names no block
         blocks = Counter({str(where): config.num_hidden_layers for where in set(placed.hf_device_map.values())})

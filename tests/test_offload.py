@@ -9,7 +9,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from llmq_core.eval.perplexity import perplexity
 from llmq_core.errors import LlmqError
 from llmq_core.experiment import RunConfig, quantize_model
-from llmq_core.models import compute_device, is_offloaded, offload_to, place_for_evaluation
+from llmq_core.models import compute_device, is_offloaded, offload_to, place_for_evaluation, weight_bytes
 from llmq_core.quant import QuantSpec, get_method
 
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="offloading to a GPU needs one")
@@ -59,7 +59,7 @@ def test_offloaded_quantization_keeps_the_weights_in_cpu_memory_and_one_block_on
     calibration = torch.randint(0, 256, (4, 64))
     on_gpu = quantize(wide_llama(512).cuda(), method, calibration)
     model = offload_to(wide_llama(512), "cuda")
-    block_bytes = sum(p.numel() * p.element_size() for p in model.model.layers[0].parameters())
+    block_bytes = weight_bytes(model.model.layers[0])
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     start = torch.cuda.memory_allocated()
@@ -74,7 +74,7 @@ def test_offloaded_quantization_keeps_the_weights_in_cpu_memory_and_one_block_on
 def test_device_map_auto_puts_what_does_not_fit_on_the_cpu_and_scores_the_same():
     model, tokens = wide_llama(512), torch.randint(0, 256, (1, 4 * 64))
     before = perplexity(model.cuda(), tokens, 64, progress=False)
-    block_bytes = sum(p.numel() * p.element_size() for p in model.model.layers[0].parameters())
+    block_bytes = weight_bytes(model.model.layers[0])
     placed = place_for_evaluation(model.cpu(), max_memory={0: 3 * block_bytes, "cpu": "8GiB"})
     assert {"cpu", 0} <= set(placed.hf_device_map.values())
     assert perplexity(placed, tokens, 64, progress=False) == pytest.approx(before, rel=1e-4)

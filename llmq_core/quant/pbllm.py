@@ -102,6 +102,7 @@ def pbllm_quantize_linear(linear: torch.nn.Linear, hessian: torch.Tensor, salien
     linear.weight.data = quantized.to(linear.weight.dtype)
     return salient_count
 
+
 OPTIONS = {"high_bits": 8, "salient_metric": "hessian", "percdamp": 0.01}
 
 
