@@ -36,7 +36,7 @@ def sweep_configs(sweep: Path) -> list[RunConfig]:
 def timed_sweep(sweep: Path, gpus: int, jobs: int, device: str, folder: Path) -> float:
     """Wall seconds of the whole sweep into the store `folder`/results."""
     env = {**os.environ, "LLMQ_RESULTS": str(folder / "results"), "LLMQ_OUTPUT": str(folder / "out"),
-           "LLMQ_ADAPTERS": str(folder / "adapters")}
+           "LLMQ_ADAPTERS": str(folder / "adapters"), "LLMQ_ANSWERS": str(folder / "answers")}
     command = [sys.executable, str(ROOT / "run_all.py"), "--no-summary", "--sweep", str(sweep), "--device", device,
                "--jobs", str(jobs)] + (["--gpus", str(gpus)] if device.startswith("cuda") else [])
     start = time.perf_counter()

@@ -18,14 +18,16 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llmq_core.data import HUB_TEXTS, OFFLINE_TEXTS, calibration_windows, check_text_name, eval_tokens
 from llmq_core.errors import LlmqError
+from llmq_core.eval.lm import saved_answer_count
 from llmq_core.eval.mmlu import evaluate_mmlu
 from llmq_core.eval.perplexity import perplexity
 from llmq_core.eval.zeroshot import EXPENSIVE_TASKS, TASKS, check_task_name, evaluate_task
 from llmq_core.lora.finetune import finetune, load_adapter_weights, loss_curve, save_adapter
 from llmq_core.lora.instructions import instruction_batches, load_instructions
-from llmq_core.models import check_model_available, default_dtype, is_offloaded, place_for_evaluation
+from llmq_core.models import (check_model_available, default_dtype, is_offloaded, model_fingerprint,
+                             place_for_evaluation)
 from llmq_core.quant import METHODS, QuantSpec, check_spec, get_method
-from llmq_core.results import ResultStore, Timer, adapters_dir, key_hash, peak_memory_mb
+from llmq_core.results import ResultStore, Timer, adapters_dir, answers_dir, key_hash, peak_memory_mb
 
 
 def parse_group_size(value: Any) -> int | None:
@@ -229,21 +231,29 @@ def evaluate_and_record(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
         place_for_evaluation(model)
     # the expensive tasks last, so that a run cut short (a lent GPU's call limit) has stored the cheaper records
     todo = sorted(todo, key=lambda target: target in EXPENSIVE_TASKS)
+    # and the tasks' answers checkpointed, for these exact weights: a cut task resumes where it was
+    fingerprint = model_fingerprint(model) if any(target in (*TASKS, "mmlu") for target in todo) else None
     for target in tqdm(todo, desc=f"{config.method} w{config.wbits:g} evaluation"):
         if config.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
+        answers = answers_dir() / f"{key_hash(config.record_key(target))}-{fingerprint}.json" if fingerprint else None
+        if answers and force:
+            answers.unlink(missing_ok=True)
+        resumed = {"resumed_answers": saved_answer_count(answers)} if answers and answers.exists() else {}
         with Timer() as timer:
             if target == "mmlu":
-                metrics = evaluate_mmlu(model, tokenizer, config.mmlu_limit, config.batch_size)
+                metrics = evaluate_mmlu(model, tokenizer, config.mmlu_limit, config.batch_size, answers)
             elif target in TASKS:
-                metrics = evaluate_task(model, tokenizer, target, config.limit, config.batch_size)
+                metrics = evaluate_task(model, tokenizer, target, config.limit, config.batch_size, answers)
             else:
                 tokens = eval_tokens(target, tokenizer, config.data, config.seqlen, config.seed)
                 ppl = perplexity(model, tokens, config.seqlen, config.ppl_windows, progress=False)
                 windows = tokens.shape[1] // config.seqlen
                 metrics = {"ppl": ppl, "n": min(windows, config.ppl_windows or windows)}
         store.put(config.record_key(target), metrics, wall_time_s=timer.seconds, device=config.device,
-                  extra={"quantization": quant_report}, replace=force)
+                  extra={"quantization": quant_report, **resumed}, replace=force)  # wall time: this run's part
+        if answers:
+            answers.unlink(missing_ok=True)  # the record holds the result now
     rows = []
     for target in config.targets():
         record = store.get(config.record_key(target))

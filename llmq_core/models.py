@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,20 @@ def load_model(name: str, device: str = "cpu", dtype: torch.dtype | None = None,
 
 def weight_bytes(model: torch.nn.Module) -> int:
     return sum(tensor.numel() * tensor.element_size() for tensor in model.parameters())
+
+
+@torch.no_grad()
+def model_fingerprint(model: torch.nn.Module) -> str | None:
+    """A hash of every tensor of the model's state (weights, quantization statistics, adapters): what ties saved
+    answers to the exact model that gave them. None where weights are not in memory (accelerate's offload)."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        if tensor.is_meta:
+            return None
+        values = tensor.detach().float()
+        digest.update(f"{name} {tuple(tensor.shape)} {tensor.dtype} {values.sum().item()!r} "
+                      f"{values.square().sum().item()!r}".encode())
+    return digest.hexdigest()[:16]
 
 
 def decoder_layers(model: PreTrainedModel) -> torch.nn.ModuleList:

@@ -45,6 +45,11 @@ def adapters_dir() -> Path:
     return Path(os.environ.get("LLMQ_ADAPTERS", REPO_ROOT / "runs" / "adapters"))
 
 
+def answers_dir() -> Path:
+    """Where a task's answers so far are checkpointed, so that a run cut short resumes the task (eval/lm.py)."""
+    return Path(os.environ.get("LLMQ_ANSWERS", REPO_ROOT / "runs" / "answers"))
+
+
 def key_hash(key: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 

@@ -9,7 +9,7 @@ from llmq_core.data import calibration_windows, eval_tokens
 from llmq_core.errors import LlmqError
 from llmq_core.experiment import RunConfig, evaluate_and_record, quantize_model
 from llmq_core.models import load_model
-from llmq_core.results import ResultStore
+from llmq_core.results import ResultStore, key_hash
 
 
 def test_ptb_is_the_test_split_joined_with_spaces(cached_model):
@@ -87,3 +87,32 @@ def test_bad_calibration_settings_are_clear_errors(cached_model, changes, messag
 def test_a_calibrated_method_without_a_tokenizer_is_a_clear_error(tiny_llama):
     with pytest.raises(LlmqError, match="pass the tokenizer"):
         quantize_model(tiny_llama, RunConfig(method="gptq", wbits=4))
+
+
+def test_saved_answers_belong_to_the_exact_weights_and_go_when_the_record_is_stored(tiny_llama, tmp_path,
+                                                                                    monkeypatch):
+    from llmq_core.models import model_fingerprint
+
+    fingerprint = model_fingerprint(tiny_llama)
+    assert model_fingerprint(tiny_llama) == fingerprint
+    with torch.no_grad():
+        tiny_llama.model.layers[1].mlp.down_proj.weight[3, 5] += 1e-3
+    assert model_fingerprint(tiny_llama) != fingerprint
+
+    monkeypatch.setenv("LLMQ_ANSWERS", str(tmp_path / "answers"))
+    config = RunConfig(method="fp16", datasets=[], tasks=["piqa"], limit=2)
+    answers_name = f"{key_hash(config.record_key('piqa'))}-{model_fingerprint(tiny_llama)}.json"
+    left_by_a_cut_run = tmp_path / "answers" / answers_name
+    left_by_a_cut_run.parent.mkdir()
+    left_by_a_cut_run.write_text('{"a": [-1.0, true], "b": [-2.0, false]}')
+
+    def evaluate_from_checkpoint(model, tokenizer, task, limit, batch_size, answers_file):
+        assert answers_file == left_by_a_cut_run and answers_file.exists()
+        return {"acc": 0.5, "n": 2}
+
+    monkeypatch.setattr("llmq_core.experiment.evaluate_task", evaluate_from_checkpoint)
+    store = ResultStore(tmp_path / "results")
+    evaluate_and_record(tiny_llama, None, config, {}, store)
+    record = store.get(config.record_key("piqa"))
+    assert record["metrics"]["acc"] == 0.5 and record["resumed_answers"] == 2
+    assert not left_by_a_cut_run.exists()

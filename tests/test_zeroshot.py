@@ -203,3 +203,38 @@ def test_continuation_scoring_computes_logits_only_where_continuations_are(tiny_
     # (all of the input where the context is only the BOS token)
     assert len(kept) == len(loglikelihood_requests()) - 3
     assert sum(kept) < sum(lengths) / 3 and min(kept) == 1 and max(kept) < max(lengths)
+
+
+def test_a_cut_run_resumes_from_its_saved_answers(tiny_llama, tmp_path, monkeypatch):
+    """Scoring stops after two batches (a time limit); a new run with the same answers file scores only the rest,
+    and the answers are those of an uncut run."""
+    from llmq_core.eval import lm
+
+    model, tokenizer = tiny_llama
+    uncut = lm.ContinuationHFLM(pretrained=model, tokenizer=tokenizer, batch_size=2).loglikelihood(
+        loglikelihood_requests())
+    monkeypatch.setattr(lm, "CHECKPOINT_INTERVAL_S", 0.0)
+    score_batch, batches = lm.ContinuationHFLM._score_batch, []
+
+    def cut_after_two_batches(self, inputs, scored):
+        if len(batches) == 2:
+            raise KeyboardInterrupt("time limit")
+        batches.append(len(scored))
+        return score_batch(self, inputs, scored)
+
+    monkeypatch.setattr(lm.ContinuationHFLM, "_score_batch", cut_after_two_batches)
+    answers_file = tmp_path / "answers.json"
+    with pytest.raises(KeyboardInterrupt):
+        lm.ContinuationHFLM(pretrained=model, tokenizer=tokenizer, batch_size=2,
+                            answers_file=answers_file).loglikelihood(loglikelihood_requests())
+    assert lm.saved_answer_count(answers_file) == sum(batches) > 0
+
+    requests_scored = []
+    monkeypatch.setattr(lm.ContinuationHFLM, "_score_batch", lambda self, inputs, scored: requests_scored.extend(
+        scored) or score_batch(self, inputs, scored))
+    resumed = lm.ContinuationHFLM(pretrained=model, tokenizer=tokenizer, batch_size=2,
+                                  answers_file=answers_file).loglikelihood(loglikelihood_requests())
+    assert len(requests_scored) == len(uncut) - sum(batches)
+    assert [greedy for _, greedy in resumed] == [greedy for _, greedy in uncut]
+    assert [logprob for logprob, _ in resumed] == pytest.approx([logprob for logprob, _ in uncut], abs=1e-4)
+    assert lm.saved_answer_count(answers_file) == len(uncut)

@@ -23,8 +23,9 @@ shift
 : "${LLMQ_GIT_COMMIT:?set LLMQ_GIT_COMMIT to the commit of this working tree (git rev-parse HEAD where it came from)}"
 export LLMQ_GIT_COMMIT HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 export LLMQ_RESULTS=/tmp/llmq/results LLMQ_OUTPUT=/tmp/llmq/out  # outside the tree, which each call replaces
-# trained adapters, so that a call resuming a cut sweep evaluates them instead of training again
-export LLMQ_ADAPTERS=/tmp/llmq/adapters PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+# trained adapters and the answers of cut tasks, so that a call resuming a cut sweep evaluates the same adapters
+# instead of training again, and goes on with a task where the last call stopped
+export LLMQ_ADAPTERS=/tmp/llmq/adapters LLMQ_ANSWERS=/tmp/llmq/answers PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 mkdir -p "$LLMQ_RESULTS" "$LLMQ_OUTPUT"
 # what is already measured is not measured again (cp -n is --update=none in newer coreutils)
 cp -r --update=none results/. "$LLMQ_RESULTS/" 2>/dev/null || cp -rn results/. "$LLMQ_RESULTS/"

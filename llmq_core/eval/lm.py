@@ -14,21 +14,31 @@ gathered at once, with one copy back to the host per batch. It also tokenizes ev
 strings up front, in batches (the fast tokenizer's own threads) and each distinct string once:
 HFLM encodes them one call at a time, and MMLU's 56k requests share 14k contexts.
 tests/test_zeroshot.py checks that its tokens and answers equal HFLM's.
+
+With `answers_file`, the answers so far are saved every 30 s (`AnswerCheckpoint`), and a run of the
+same model that finds the file scores only the requests it lacks: a task cut short by a time limit
+(a lent GPU's call, a cluster's preemption) resumes instead of starting again.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import json
+import os
+import time
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lm_eval.api.model import CacheHook, hash_args
 from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import Collator, _add_special_kwargs, has_bos_prefix
 from tqdm import tqdm
 
 Request = tuple[tuple[str, str], list[int], list[int]]  # (strings, context tokens, continuation tokens)
+CHECKPOINT_INTERVAL_S = 30.0  # how often saved answers are rewritten: MMLU's 56k answers are a 5 MB file
 
 
 def accepts_logits_to_keep(model: torch.nn.Module) -> bool:
@@ -46,20 +56,68 @@ def encoded_strings(context: str, continuation: str) -> tuple[str, str]:
     return context, context + continuation
 
 
+class AnswerCheckpoint(CacheHook):
+    """The (log-likelihood, is-greedy) answers scored so far, by lm-eval's hash of each request, in a JSON file.
+
+    HFLM hands every answer to its cache hook (`add_partial`) as it is scored; this hook keeps them and
+    rewrites the file atomically at most every `interval_s`, so a killed run loses at most that much work."""
+
+    def __init__(self, path: Path, interval_s: float | None = None) -> None:
+        super().__init__(None)
+        self.path, self.saved_at = Path(path), time.monotonic()
+        self.interval_s = CHECKPOINT_INTERVAL_S if interval_s is None else interval_s
+        self.answers: dict[str, list] = json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    def get(self, request_args: tuple) -> tuple[float, bool] | None:
+        answer = self.answers.get(hash_args("loglikelihood", request_args))
+        return None if answer is None else (answer[0], answer[1])
+
+    def add_partial(self, attr: str, req: tuple, res: tuple[float, bool]) -> None:
+        self.answers[hash_args(attr, req)] = [float(res[0]), bool(res[1])]
+        if time.monotonic() - self.saved_at >= self.interval_s:
+            self.save()
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        partial.write_text(json.dumps(self.answers))
+        os.replace(partial, self.path)  # a reader never sees half a file
+        self.saved_at = time.monotonic()
+
+
+def saved_answer_count(path: Path) -> int:
+    return len(json.loads(Path(path).read_text()))
+
+
 class ContinuationHFLM(HFLM):
-    """HFLM whose log-likelihoods come from the continuation positions alone (decoder-only models)."""
+    """HFLM whose log-likelihoods come from the continuation positions alone (decoder-only models); with
+    `answers_file`, it resumes from the answers a cut run of the same model saved there."""
 
     _encoded: dict[str, np.ndarray] = {}  # tokenized ahead by loglikelihood(), read by tok_encode()
 
+    def __init__(self, *args, answers_file: Path | str | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.answers_file = answers_file
+
     def loglikelihood(self, requests: list, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
-        """HFLM's, after tokenizing what its `_encode_pair` will ask for in batches; a string this misses (another
-        lm-eval's pairing) is encoded by HFLM as before."""
-        strings = {text for request in requests if request.args[0] for text in encoded_strings(*request.args)}
+        """HFLM's answers to the requests the checkpoint lacks, after tokenizing what its `_encode_pair` will ask
+        for in batches (a string this misses, another lm-eval's pairing, is encoded by HFLM as before)."""
+        checkpoint = AnswerCheckpoint(self.answers_file) if self.answers_file else None
+        known = [checkpoint.get(request.args) for request in requests] if checkpoint else [None] * len(requests)
+        todo = [request for request, answer in zip(requests, known) if answer is None]
+        strings = {text for request in todo if request.args[0] for text in encoded_strings(*request.args)}
         self._encoded = self._batch_encode(sorted(strings))
+        hook = self.cache_hook
+        if checkpoint:
+            self.set_cache_hook(checkpoint)
         try:
-            return super().loglikelihood(requests, disable_tqdm)
+            scored = iter(super().loglikelihood(todo, disable_tqdm) if todo else [])
         finally:
             self._encoded = {}
+            self.set_cache_hook(hook)
+            if checkpoint:
+                checkpoint.save()
+        return [answer if answer is not None else next(scored) for answer in known]
 
     def _batch_encode(self, strings: list[str], chunk: int = 2048) -> dict[str, np.ndarray]:
         """Each string's token ids with the special tokens HFLM's tok_encode would give it (none after a BOS)."""

@@ -63,11 +63,12 @@ def write_if_changed(path: Path, text: str) -> None:
 
 
 def evaluate_mmlu(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, limit: int | None = None,
-                  batch_size: int = 16) -> dict[str, float | None]:
-    """acc over all questions and per category, and the number of questions (`limit`: the first N of each subject)."""
+                  batch_size: int = 16, answers_file: Path | None = None) -> dict[str, float | None]:
+    """acc over all questions and per category, and the number of questions (`limit`: the first N of each subject;
+    `answers_file`: resume from, and checkpoint to, this file)."""
     from llmq_core.eval.zeroshot import run_lm_eval  # its task manager indexes our MMLU tasks with the five others
 
-    output = run_lm_eval(model, tokenizer, [GROUP], limit, batch_size)
+    output = run_lm_eval(model, tokenizer, [GROUP], limit, batch_size, answers_file=answers_file)
     results = output["results"]
     stderr = results[GROUP]["acc_stderr,none"]  # "N/A" where a subject has one question (limit=1)
     metrics = {"acc": float(results[GROUP]["acc,none"]), "acc_stderr": None if stderr == "N/A" else float(stderr)}

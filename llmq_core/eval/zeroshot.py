@@ -73,27 +73,32 @@ def render_template(template: str, doc: dict) -> str:
 
 
 def run_lm_eval(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task_names: list[str],
-                limit: int | None, batch_size: int, lm_class: type | None = None) -> dict:
+                limit: int | None, batch_size: int, lm_class: type | None = None, answers_file: Path | None = None
+                ) -> dict:
     """lm-eval's simple_evaluate on our task configs (the five tasks and MMLU); its whole output. The model is
-    lm-eval's HFLM scoring continuation positions only (`ContinuationHFLM`: same answers, less memory and time),
-    unless `lm_class` names another (bench/lm_eval_scoring.py passes HFLM itself)."""
+    lm-eval's HFLM scoring continuation positions only (`ContinuationHFLM`: same answers, less memory and time,
+    and with `answers_file` a resumable checkpoint), unless `lm_class` names another (bench/lm_eval_scoring.py
+    passes HFLM itself)."""
     from lm_eval import simple_evaluate
 
     from llmq_core.eval.lm import ContinuationHFLM
 
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
-    lm = (lm_class or ContinuationHFLM)(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    checkpoint = {"answers_file": answers_file} if answers_file else {}
+    lm = (lm_class or ContinuationHFLM)(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, **checkpoint)
     with torch.no_grad(), mock.patch("lm_eval.utils.apply_template", render_template):
         return simple_evaluate(model=lm, tasks=task_names, task_manager=task_manager(),
                                limit=limit, log_samples=False, verbosity="WARNING")
 
 
 def evaluate_task(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: str,
-                  limit: int | None = None, batch_size: int = 16) -> dict[str, float]:
-    """acc and acc_norm (with their standard errors) of one task, and the number of documents scored."""
+                  limit: int | None = None, batch_size: int = 16, answers_file: Path | None = None
+                  ) -> dict[str, float]:
+    """acc and acc_norm (with their standard errors) of one task, and the number of documents scored
+    (`answers_file`: resume from, and checkpoint to, this file; see `lm.AnswerCheckpoint`)."""
     check_task_name(task)
     name = f"llmq_{task}"
-    output = run_lm_eval(model, tokenizer, [name], limit, batch_size)
+    output = run_lm_eval(model, tokenizer, [name], limit, batch_size, answers_file=answers_file)
     scores = output["results"][name]
     metrics = {metric: float(scores[f"{metric},none"]) for metric in ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr")
                if isinstance(scores.get(f"{metric},none"), (int, float))}
