@@ -79,9 +79,15 @@ def main(argv: list[str] | None = None) -> None:
     model, build_seconds, _ = measured(args.device, lambda: random_model_in_cpu_memory(config, args.device))
     device = f"{len(gpus)} x {torch.cuda.get_device_name()}" if cuda else "cpu"
     cap = f", capped at {args.gpu_gib:g} GiB each" if args.gpu_gib else ""
-    lines = [f"{args.shape} shape, {config.num_hidden_layers} blocks: {gib(weight_bytes(model))} GiB of bf16 weights; "
-             f"{device}{cap}", "", "| step | wall s | peak GiB per GPU | where |", "|---|---|---|---|",
-             f"| random weights in CPU memory | {build_seconds:.0f} | - | cpu |"]
+    lines = []
+
+    def report_line(*new_lines: str) -> None:  # printed as measured: a later step that fails loses nothing
+        lines.extend(new_lines)
+        print("\n".join(new_lines), flush=True)
+
+    report_line(f"{args.shape} shape, {config.num_hidden_layers} blocks: {gib(weight_bytes(model))} GiB of bf16 "
+                f"weights; {device}{cap}", "", "| step | wall s | peak GiB per GPU | where |", "|---|---|---|---|",
+                f"| random weights in CPU memory | {build_seconds:.0f} | - | cpu |")
 
     def peaks() -> str:
         return " / ".join(gib(torch.cuda.max_memory_allocated(gpu)) for gpu in gpus) if gpus else "-"
@@ -93,10 +99,16 @@ def main(argv: list[str] | None = None) -> None:
         torch.cuda.reset_peak_memory_stats(gpu)
     report, seconds, _ = measured(args.device, lambda: get_method("gptq").quantize(
         model, QuantSpec(wbits=4, group_size=128), calibration))
-    lines.append(f"| GPTQ w4 g128, {args.nsamples} x {args.seqlen} tokens, one block at a time | {seconds:.0f} | "
+    report_line(f"| GPTQ w4 g128, {args.nsamples} x {args.seqlen} tokens, one block at a time | {seconds:.0f} | "
                  f"{peaks()} | weights in CPU memory, each block on {compute} for its turn |")
 
-    cap_each = {**{gpu: int(args.gpu_gib * 2 ** 30) for gpu in gpus}, "cpu": "1000GiB"} if args.gpu_gib else None
+    # Under a cap, the blocks get what the cap leaves after what is held now (cuBLAS workspaces, CUDA graph pools)
+    # and after room for a window's activations and fp32 logits: accelerate counts weights only (an 8 GiB cap
+    # filled with blocks ran out of memory on the H200).
+    torch.cuda.empty_cache()
+    reserve = 4 * args.seqlen * (config.vocab_size + 8 * config.intermediate_size) * 2
+    cap_each = {**{gpu: int(args.gpu_gib * 2 ** 30) - torch.cuda.memory_allocated(gpu) - reserve for gpu in gpus},
+                "cpu": "1000GiB"} if args.gpu_gib else None
     placed = place_for_evaluation(model, max_memory=cap_each)
     blocks = Counter(str(where) for name, where in placed.hf_device_map.items() if ".layers." in f".{name}.")
     if not blocks:  # a map that places whole submodules (e.g. all of `model`) names no block
@@ -106,11 +118,10 @@ def main(argv: list[str] | None = None) -> None:
     tokens = torch.randint(0, config.vocab_size, (1, args.ppl_windows * args.seqlen))
     ppl, seconds, _ = measured(args.device, lambda: perplexity(placed, tokens, args.seqlen, progress=False))
     where = ", ".join(f"{count} blocks on {name if name == 'cpu' else 'GPU ' + name}" for name, count in blocks.items())
-    lines.append(f"| perplexity, {args.ppl_windows} x {args.seqlen} tokens, device_map=\"auto\" | {seconds:.0f} "
+    report_line(f"| perplexity, {args.ppl_windows} x {args.seqlen} tokens, device_map=\"auto\" | {seconds:.0f} "
                  f"({tokens.numel() / seconds:,.0f} tokens/s) | {peaks()} | {where} |")
-    lines += ["", f"GPTQ loss total {report['gptq_loss_total']:.3g}; perplexity of random tokens {ppl:.4g} "
-              f"(random weights: a check that it is finite, not a quality)"]
-    print("\n".join(lines), flush=True)
+    report_line("", f"GPTQ loss total {report['gptq_loss_total']:.3g}; perplexity of random tokens {ppl:.4g} "
+                f"(random weights: a check that it is finite, not a quality)")
     if args.markdown:
         header = f"# bench/big_model.py, {date.today()}, {device}, commit {git_commit()}\n\n"
         args.markdown.write_text(header + "\n".join(lines) + "\n")
