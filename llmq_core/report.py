@@ -127,20 +127,22 @@ def lora_ft_table(records: list[dict[str, Any]]) -> pd.DataFrame:
     """The LoRA-FT table in the paper's columns: 5-shot MMLU by category and overall, the five tasks and
     their average (accuracy in %), then our perplexities and the fine-tune's steps, tokens and time.
 
-    One row per configuration and device: the quick CPU rows and the full GPU rows are never mixed.
-    An FP16 row is kept where it has an MMLU record, or where its dtype and evaluation sizes are those of a
-    LoRA-FT row (then its MMLU cells are empty until measured)."""
+    One row per configuration and kind of device: the quick CPU rows and the full GPU rows are never mixed, and a
+    configuration whose numbers come from two GPUs (FP16's five tasks on an H100, its MMLU on an H200) is one row
+    that names both. An FP16 row is kept where it has an MMLU record, or where its dtype and evaluation sizes are
+    those of a LoRA-FT row (then its MMLU cells are empty until measured)."""
     rows: dict[tuple, dict[str, Any]] = {}
     for record in [best for group in by_device(records).values() for best in best_records(group)]:
         key, metrics = record["key"], record["metrics"]
         lora_ft = get_method(key["method"]).track == "lora_ft"
         if not (lora_ft or key["method"] == "fp16"):
             continue
-        slot = (_config_of(key), record["device"], key["dtype"])
+        slot = (_config_of(key), "cpu" if record["device"].startswith("cpu") else "gpu", key["dtype"])
         row = rows.setdefault(slot, {
             "model": PAPER_NAMES.get(key["model"], key["model"]), "method": lora_ft_label(key),
-            "wbits": key["wbits"], "options": options_label(key["options"]), "device": f"{record['device']}, {key['dtype']}",
+            "wbits": key["wbits"], "options": options_label(key["options"]), "devices": set(),
             "is_lora_ft": lora_ft, "limits": {}, "sizes": set()})
+        row["devices"].add(record["device"])
         row["limits"][key["kind"]] = key["limit"]
         if lora_ft and "steps" in record.get("quantization", {}):
             run = record["quantization"]
@@ -158,6 +160,8 @@ def lora_ft_table(records: list[dict[str, Any]]) -> pd.DataFrame:
             or (row["sizes"] and all((slot[2], size) in lora_ft_sizes for size in row["sizes"]))]
     if not kept:
         return pd.DataFrame()
+    for (_, _, dtype), row in rows.items():
+        row["device"] = f"{' + '.join(sorted(row.pop('devices')))}, {dtype}"
     for row in kept:
         limits = row.pop("limits")
         row.pop("is_lora_ft"), row.pop("sizes")

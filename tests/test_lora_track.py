@@ -127,3 +127,14 @@ def test_a_trained_adapter_is_reused_by_the_same_configuration_and_retrained_on_
         assert torch.equal(model(**batch).logits, again(**batch).logits)
     _, _, retrained, _ = prepare_and_finetune(config, progress=False, reuse=False)
     assert "adapter_reused_from" not in retrained
+
+
+def test_a_configuration_measured_on_two_gpus_is_one_row_that_names_both():
+    fp16 = RunConfig(method="fp16", tasks=[*TASKS, "mmlu"])
+    records = [lora_record(fp16, task, {"acc": 0.5}, device="NVIDIA H100") for task in TASKS]
+    records += [lora_record(fp16, "mmlu", mmlu_metrics(0.25), device="NVIDIA H200"),
+                lora_record(RunConfig(method="fp16", tasks=[*TASKS, "mmlu"], device="cpu"), "mmlu",
+                            mmlu_metrics(0.3), device="cpu (x86_64, 2 threads)")]
+    table = lora_ft_table(records)
+    assert list(table["device"]) == ["NVIDIA H100 + NVIDIA H200, float32", "cpu (x86_64, 2 threads), float32"]
+    assert table.loc[0, "mmlu_avg"] == pytest.approx(25) and table.loc[0, "avg"] == pytest.approx(50)

@@ -41,6 +41,8 @@ if [ "$mode" = exec ]; then
     timeout "${SWEEP_TIMEOUT:-500}" "$@" 2>&1 | tee "${OUT:-/tmp}/exec.log" || status=$?
     exit "$status"
 fi
+# the kernels of a sweep cut by the last call still run, holding the GPU ([i]: not this script's own command line)
+pkill -f "[i]pykernel_launcher" || true
 status=0
 timeout "${SWEEP_TIMEOUT:-500}" python3 run_all.py --no-summary "$@" 2>&1 | grep -v IPKernelApp || status=$?
 tar czf "${OUT:-/tmp}/results.tgz" -C /tmp/llmq results -C "$PWD" runs
