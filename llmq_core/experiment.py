@@ -232,11 +232,13 @@ def evaluate_and_record(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
     # the expensive tasks last, so that a run cut short (a lent GPU's call limit) has stored the cheaper records
     todo = sorted(todo, key=lambda target: target in EXPENSIVE_TASKS)
     # and the tasks' answers checkpointed, for these exact weights: a cut task resumes where it was
-    fingerprint = model_fingerprint(model) if any(target in (*TASKS, "mmlu") for target in todo) else None
+    lm_eval_targets = [target for target in todo if target in (*TASKS, "mmlu")]
+    fingerprint = model_fingerprint(model) if lm_eval_targets else None
     for target in tqdm(todo, desc=f"{config.method} w{config.wbits:g} evaluation"):
         if config.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
-        answers = answers_dir() / f"{key_hash(config.record_key(target))}-{fingerprint}.json" if fingerprint else None
+        answers = (answers_dir() / f"{key_hash(config.record_key(target))}-{fingerprint}.json"
+                   if fingerprint and target in lm_eval_targets else None)
         if answers and force:
             answers.unlink(missing_ok=True)
         resumed = {"resumed_answers": saved_answer_count(answers)} if answers and answers.exists() else {}

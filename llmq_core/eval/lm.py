@@ -86,7 +86,7 @@ class AnswerCheckpoint(CacheHook):
 
 
 def saved_answer_count(path: Path) -> int:
-    return len(json.loads(Path(path).read_text()))
+    return len(AnswerCheckpoint(path).answers)
 
 
 class ContinuationHFLM(HFLM):
