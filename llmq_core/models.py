@@ -130,10 +130,14 @@ def compute_device(model: PreTrainedModel) -> torch.device:
 
 def place_for_evaluation(model: PreTrainedModel, max_memory: dict[int | str, int | str] | None = None
                          ) -> PreTrainedModel:
-    """accelerate's device_map="auto" for a model in CPU memory: whole decoder blocks fill the visible GPUs in
-    order (up to `max_memory` each, default what is free), and what does not fit stays on the CPU and is
+    """accelerate's device_map="auto" for a model in CPU memory: whole decoder blocks spread over the visible
+    GPUs (up to `max_memory` each, default what is free), and what does not fit stays on the CPU and is
     brought to the GPU as it runs. Inputs go in, and logits come out, on the first GPU."""
     from accelerate import dispatch_model, infer_auto_device_map
+    from accelerate.utils import get_balanced_memory
 
+    # balanced, as transformers' device_map="auto": filled in order, the first GPU would be left without room
+    # for a window's activations; alone, a GPU keeps a tenth of its free memory for them
+    max_memory = get_balanced_memory(model, max_memory, no_split_module_classes=model._no_split_modules)
     device_map = infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=model._no_split_modules)
     return dispatch_model(model, device_map)

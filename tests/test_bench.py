@@ -49,9 +49,29 @@ def test_the_big_model_bench_quantizes_offloaded_and_evaluates_placed(tmp_path):
     big_model.main(["--shape", "tiny", "--device", "cpu", "--nsamples", "2", "--ppl-windows", "2", "--seqlen", "64",
                     "--markdown", str(out)])
     rows = [line.split("|")[1:-1] for line in out.read_text().splitlines() if line.startswith("| ")][1:]
-    assert [row[0].split(",")[0].strip() for row in rows] == ["random weights in CPU memory", "GPTQ w4 g128",
-                                                              "perplexity"]
+    assert [row[0].split(",")[0].strip() for row in rows] == ["random weights in CPU memory",
+                                                              "GPTQ w4 g128 of every block", "perplexity"]
     assert "2 blocks on cpu" in rows[2][3] and "finite" in out.read_text()
+
+
+def test_the_big_model_bench_says_when_it_quantized_only_the_first_blocks(tmp_path):
+    out = tmp_path / "BIG.md"
+    big_model.main(["--shape", "tiny", "--device", "cpu", "--nsamples", "2", "--ppl-windows", "2", "--seqlen", "64",
+                    "--quantize-blocks", "1", "--markdown", str(out)])
+    assert "GPTQ w4 g128 of the first 1 of 2 blocks only (a reduced run)" in out.read_text()
+    assert "2 blocks on cpu" in out.read_text()  # evaluated whole
+
+
+def test_quantizing_the_first_blocks_changes_those_and_leaves_the_model_whole():
+    from llmq_core.quant import QuantSpec, get_method
+
+    model = big_model.random_model_in_cpu_memory(paper_scale.LlamaConfig(**paper_scale.SHAPES["tiny"]), "cpu")
+    before = [block.mlp.up_proj.weight.clone() for block in model.model.layers]
+    with big_model.first_blocks_only(model, 1) as first:
+        get_method("gptq").quantize(first, QuantSpec(wbits=4, group_size=128), paper_scale.torch.randint(0, 49152, (2, 64)))
+    after = [block.mlp.up_proj.weight for block in model.model.layers]
+    assert len(model.model.layers) == model.config.num_hidden_layers == 2
+    assert not paper_scale.torch.equal(before[0], after[0]) and paper_scale.torch.equal(before[1], after[1])
 
 
 def test_random_weights_drawn_elsewhere_are_a_working_llama():

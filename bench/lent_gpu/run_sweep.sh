@@ -6,6 +6,8 @@
 #   bash bench/lent_gpu/run_sweep.sh stash                           # a call that carries some parts
 #   LLMQ_GIT_COMMIT=<hash> bash bench/lent_gpu/run_sweep.sh run ARGS  # the rest: run_all.py --no-summary ARGS
 #   LLMQ_GIT_COMMIT=<hash> bash bench/lent_gpu/run_sweep.sh exec CMD  # or any command (a bench) in that setup
+#   LLMQ_GIT_COMMIT=<hash> bash bench/lent_gpu/run_sweep.sh start CMD # a command longer than one call, detached
+#   bash bench/lent_gpu/run_sweep.sh wait                             # the next calls, until it ends
 #
 # Wheels carried in .peer/ (the benchmark's peer, llm-compressor) are installed beside the bundle's.
 #
@@ -18,10 +20,29 @@ for part in .bundle/part-* .bundle/manifest.json; do
 done
 if [ "${1:-}" = stash ]; then ls -l "$STASH"; exit 0; fi
 mode=${1:-}
-[ "$mode" = run ] || [ "$mode" = exec ] || { echo "usage: $0 stash | run RUN_ALL_ARGS... | exec CMD..." >&2; exit 2; }
+JOB=/tmp/llmq/job  # a started command's tree, log, pid and output files ($JOB_OUT)
+if [ "$mode" = wait ]; then
+    # Follow the started command for up to WAIT_S seconds, copying what it wrote to $OUT as it goes, so that a
+    # call cut short still brings back the tables written so far; call again (within 30 s) while it runs.
+    pid=$(cat "$JOB/pid")
+    deadline=$((SECONDS + ${WAIT_S:-540}))
+    while kill -0 "$pid" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do
+        sleep 10
+        cp -r "$JOB/out/." "${OUT:-/tmp}/"
+    done
+    cp -r "$JOB/out/." "${OUT:-/tmp}/"
+    tail -c 6000 "$JOB/out/job.log"
+    nvidia-smi --query-gpu=index,memory.used,utilization.gpu --format=csv || true
+    if kill -0 "$pid" 2>/dev/null; then echo "still running: call wait again"; exit 3; fi
+    echo "finished"; exit 0
+fi
+[ "$mode" = run ] || [ "$mode" = exec ] || [ "$mode" = start ] || {
+    echo "usage: $0 stash | run RUN_ALL_ARGS... | exec CMD... | start CMD... | wait" >&2; exit 2; }
 shift
 : "${LLMQ_GIT_COMMIT:?set LLMQ_GIT_COMMIT to the commit of this working tree (git rev-parse HEAD where it came from)}"
 export LLMQ_GIT_COMMIT HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+# NVLink multicast stays off in every process (the device notes: it can take the host's shared GPUs down)
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export LLMQ_RESULTS=/tmp/llmq/results LLMQ_OUTPUT=/tmp/llmq/out  # outside the tree, which each call replaces
 # trained adapters and the answers of cut tasks, so that a call resuming a cut sweep evaluates the same adapters
 # instead of training again, and goes on with a task where the last call stopped
@@ -36,6 +57,15 @@ if [ -d .peer ] && [ ! -e /tmp/site/.peer-installed ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .peer/*.whl && touch /tmp/site/.peer-installed
 fi
 export PYTHONPATH="/tmp/site:$PWD"
+if [ "$mode" = start ]; then
+    # in a copy of the tree, which the next calls replace; detached, so that it outlives this call
+    rm -rf "$JOB" && mkdir -p "$JOB/tree" "$JOB/out" && cp -r . "$JOB/tree/"
+    cd "$JOB/tree"
+    export PYTHONPATH="/tmp/site:$JOB/tree" JOB_OUT="$JOB/out"
+    setsid nohup "$@" >"$JOB/out/job.log" 2>&1 </dev/null &
+    echo $! >"$JOB/pid"
+    exec bash "$JOB/tree/bench/lent_gpu/run_sweep.sh" wait
+fi
 if [ "$mode" = exec ]; then
     status=0
     timeout "${SWEEP_TIMEOUT:-500}" "$@" 2>&1 | tee "${OUT:-/tmp}/exec.log" || status=$?
