@@ -134,6 +134,9 @@ def run_slug(config: RunConfig) -> str:
     return f"{config.model.replace('/', '_')}--{config.method}-w{config.wbits:g}a{config.abits}-{group}{options}"
 
 
+KERNEL_START_ATTEMPTS = 3
+
+
 def execute(notebook: Path, output: Path, parameters: dict, gpu: str | None = None) -> None:
     """Run `notebook` with `parameters` into `output` in a papermill process of its own: its kernel starts in the
     notebook's folder and, with `gpu`, sees only that GPU. Raises RuntimeError with papermill's last error line."""
@@ -146,9 +149,13 @@ def execute(notebook: Path, output: Path, parameters: dict, gpu: str | None = No
     with tempfile.NamedTemporaryFile("w", suffix=".yaml") as values:
         yaml.safe_dump(parameters, values)
         values.flush()
-        done = subprocess.run([sys.executable, "-m", "papermill", str(notebook), str(output), "-f", values.name,
-                               "--cwd", str(notebook.parent), "-k", "python3", "--no-progress-bar"],
-                              env=env, capture_output=True, text=True)
+        for attempt in range(KERNEL_START_ATTEMPTS):
+            done = subprocess.run([sys.executable, "-m", "papermill", str(notebook), str(output), "-f", values.name,
+                                   "--cwd", str(notebook.parent), "-k", "python3", "--no-progress-bar"],
+                                  env=env, capture_output=True, text=True)
+            # eight kernels started at once on the two-GPU machine: two died before running a cell; start again
+            if done.returncode == 0 or "Kernel died before replying to kernel_info" not in done.stderr:
+                break
     if done.returncode:
         lines = [line for line in done.stderr.splitlines() if line.strip()]
         raise RuntimeError(lines[-1] if lines else f"papermill exited with {done.returncode}")
