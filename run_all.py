@@ -156,6 +156,7 @@ def execute(notebook: Path, output: Path, parameters: dict, gpu: str | None = No
             # eight kernels started at once on the two-GPU machine: two died before running a cell; start again
             if done.returncode == 0 or "Kernel died before replying to kernel_info" not in done.stderr:
                 break
+            print(f"{output.stem}: its kernel died before the first cell; starting it again", file=sys.stderr)
     if done.returncode:
         lines = [line for line in done.stderr.splitlines() if line.strip()]
         raise RuntimeError(lines[-1] if lines else f"papermill exited with {done.returncode}")
