@@ -154,7 +154,8 @@ def execute(notebook: Path, output: Path, parameters: dict, gpu: str | None = No
                                    "--cwd", str(notebook.parent), "-k", "python3", "--no-progress-bar"],
                                   env=env, capture_output=True, text=True)
             # eight kernels started at once on the two-GPU machine: two died before running a cell; start again
-            if done.returncode == 0 or "Kernel died before replying to kernel_info" not in done.stderr:
+            died_on_start = done.returncode != 0 and "Kernel died before replying to kernel_info" in done.stderr
+            if not died_on_start or attempt == KERNEL_START_ATTEMPTS - 1:
                 break
             print(f"{output.stem}: its kernel died before the first cell; starting it again", file=sys.stderr)
     if done.returncode:

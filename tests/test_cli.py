@@ -181,3 +181,31 @@ def test_execute_runs_the_notebook_in_its_folder_on_its_gpu(tmp_path):
     assert seen.read_text() == f"{folder} 3"
     with pytest.raises(RuntimeError, match="this cell failed"):
         run_all.execute(folder / "probe.ipynb", tmp_path / "out" / "probe.ipynb", {"target": str(seen), "fail": True})
+
+
+def test_a_kernel_that_dies_on_start_is_started_again_and_other_failures_are_not(tmp_path, monkeypatch, capsys):
+    import subprocess
+
+    calls = []
+
+    def papermill(stderr_of_each_call):
+        def fake_run(command, **kwargs):
+            calls.append(command)
+            stderr = stderr_of_each_call[min(len(calls), len(stderr_of_each_call)) - 1]
+            return subprocess.CompletedProcess(command, 1 if stderr else 0, "", stderr)
+        return fake_run
+
+    died = "RuntimeError: Kernel died before replying to kernel_info"
+    monkeypatch.setattr(run_all.subprocess, "run", papermill([died, died, ""]))
+    run_all.execute(tmp_path / "a.ipynb", tmp_path / "out" / "a.ipynb", {})
+    assert len(calls) == 3 and capsys.readouterr().err.count("starting it again") == 2
+    calls.clear()
+    monkeypatch.setattr(run_all.subprocess, "run", papermill([died]))
+    with pytest.raises(RuntimeError, match="Kernel died"):
+        run_all.execute(tmp_path / "a.ipynb", tmp_path / "out" / "a.ipynb", {})
+    assert len(calls) == run_all.KERNEL_START_ATTEMPTS == capsys.readouterr().err.count("starting it again") + 1
+    calls.clear()
+    monkeypatch.setattr(run_all.subprocess, "run", papermill(["ValueError: this cell failed"]))
+    with pytest.raises(RuntimeError, match="this cell failed"):
+        run_all.execute(tmp_path / "a.ipynb", tmp_path / "out" / "a.ipynb", {})
+    assert len(calls) == 1
