@@ -1,7 +1,7 @@
 """A model larger than the GPU: GPTQ with one block on the GPU at a time, then evaluation over device_map="auto".
 
     python bench/big_model.py --shape llama3-8b --gpu-gib 8        # one GPU, capped below the model's size
-    python bench/big_model.py --shape llama3-70b --layers 96 --quantize-blocks 8   # 158 GiB: more than an H200
+    python bench/big_model.py --shape llama3-70b --layers 96 --quantize-blocks 8   # 157 GiB: more than an H200
     python bench/big_model.py --shape tiny --device cpu            # the code path on a CPU (tests)
 
 The model has random bf16 weights and is built in CPU memory; each tensor is drawn on the GPU and copied
@@ -13,7 +13,7 @@ is placed with accelerate's device_map="auto" over the visible GPUs (`models.pla
 what does not fit left in CPU memory, and its perplexity is measured on random tokens. `--gpu-gib` caps each
 GPU (torch's per-process memory fraction), so that a machine whose host has less memory than its GPU (the lent
 single H200: 128 GiB beside 140) can show a model larger than its GPU; the two-GPU machine (256 GiB) holds a
-158 GiB model uncapped. The table gives wall times, the peak memory on each GPU, and where the blocks went.
+157 GiB model uncapped. The table gives wall times, the peak memory on each GPU, and where the blocks went.
 """
 
 from __future__ import annotations
