@@ -24,6 +24,7 @@ JOB=/tmp/llmq/job  # a started command's tree, log, pid and output files ($JOB_O
 if [ "$mode" = wait ]; then
     # Follow the started command for up to WAIT_S seconds, copying what it wrote to $OUT as it goes, so that a
     # call cut short still brings back the tables written so far; call again (within 30 s) while it runs.
+    [ -e "$JOB/pid" ] || { echo "no started job here: begin one with '$0 start CMD...'" >&2; exit 2; }
     pid=$(cat "$JOB/pid")
     deadline=$((SECONDS + ${WAIT_S:-540}))
     while kill -0 "$pid" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do
@@ -58,6 +59,9 @@ if [ -d .peer ] && [ ! -e /tmp/site/.peer-installed ]; then
 fi
 export PYTHONPATH="/tmp/site:$PWD"
 if [ "$mode" = start ]; then
+    if [ -e "$JOB/pid" ] && kill -0 "$(cat "$JOB/pid")" 2>/dev/null; then
+        echo "a started job still runs: '$0 wait' for it, or stop it with kill -- -$(cat "$JOB/pid")" >&2; exit 2
+    fi
     # in a copy of the tree, which the next calls replace; detached, so that it outlives this call
     rm -rf "$JOB" && mkdir -p "$JOB/tree" "$JOB/out" && cp -r . "$JOB/tree/"
     cd "$JOB/tree"
