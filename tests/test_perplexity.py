@@ -1,8 +1,10 @@
 import math
 
+import pytest
 import torch
 
 from llmq_core.eval.perplexity import perplexity
+from llmq_core.models import compile_blocks
 
 
 def test_matches_transformers_loss_on_each_window(tiny_llama):
@@ -29,3 +31,15 @@ def test_uniform_model_has_perplexity_equal_to_vocabulary(tiny_llama):
         tiny_llama.lm_head.weight.zero_()
     tokens = torch.randint(0, 128, (1, 256))
     assert math.isclose(perplexity(tiny_llama, tokens, seqlen=64, progress=False), 128, rel_tol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="compiling pays only on a GPU")
+def test_compiled_blocks_on_a_gpu_give_the_same_perplexity_from_one_graph(tiny_llama):
+    """Both blocks run one compiled graph (a recompilation per block would raise), with eager's result."""
+    model = tiny_llama.cuda()
+    tokens = torch.randint(0, 128, (1, 4 * 64))
+    eager = perplexity(model, tokens, seqlen=64, batch_size=2, progress=False)
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        compiled = perplexity(compile_blocks(model), tokens, seqlen=64, batch_size=2, progress=False)
+    assert math.isclose(compiled, eager, rel_tol=1e-4)

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-# Positions whose logits are materialised at once: a 128k vocabulary at seqlen 2048 in fp32
-# would be a GB per sequence, and only the log-sum-exp and one entry per row are needed.
+# Positions whose logits are materialised at once, over all windows of a batch: a 128k vocabulary at
+# seqlen 2048 in fp32 would be a GB per window, and only the log-sum-exp and one entry per row are needed.
 LOGIT_CHUNK = 512
 
 
@@ -33,11 +33,10 @@ def perplexity(model: torch.nn.Module, token_ids: torch.Tensor, seqlen: int, max
     total_nll = torch.zeros((), dtype=torch.float64, device=device)  # read back once, at the end: no sync a chunk
     for batch in tqdm(batches, desc=f"perplexity ({windows}x{seqlen})", disable=not progress, leave=False):
         batch = batch.to(device)
-        hidden = decoder(input_ids=batch).last_hidden_state[:, :-1]
-        targets = batch[:, 1:]
-        for start in range(0, seqlen - 1, LOGIT_CHUNK):
-            logits = head(hidden[:, start:start + LOGIT_CHUNK]).float()  # on the head's GPU, under device_map
-            chunk_targets = targets[:, start:start + LOGIT_CHUNK].to(logits.device)
-            nll = F.cross_entropy(logits.flatten(0, 1), chunk_targets.flatten(), reduction="sum")
-            total_nll += nll.double().to(device)
+        hidden = decoder(input_ids=batch, use_cache=False).last_hidden_state[:, :-1].flatten(0, 1)
+        targets = batch[:, 1:].flatten()
+        for start in range(0, hidden.shape[0], LOGIT_CHUNK):
+            logits = head(hidden[start:start + LOGIT_CHUNK]).float()  # on the head's GPU, under device_map
+            chunk_targets = targets[start:start + LOGIT_CHUNK].to(logits.device)
+            total_nll += F.cross_entropy(logits, chunk_targets, reduction="sum").double().to(device)
     return math.exp(total_nll.item() / (windows * (seqlen - 1)))
