@@ -32,7 +32,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from llmq_core.eval.perplexity import perplexity  # noqa: E402
+from llmq_core.eval.perplexity import GPU_BATCH_SIZE, perplexity  # noqa: E402
 from llmq_core.eval.zeroshot import TASKS, run_lm_eval  # noqa: E402
 from llmq_core.experiment import RunConfig  # noqa: E402
 from llmq_core.models import resolve_model  # noqa: E402
@@ -114,7 +114,7 @@ def evaluation(args: argparse.Namespace) -> list[tuple[str, str]]:
     # the weights a token multiplies (2 FLOP each): the blocks and the head, not the embedding lookup
     params = sum(p.numel() for p in model.model.layers.parameters()) + model.lm_head.weight.numel()
     tokens = torch.randint(0, model.config.vocab_size, (1, args.ppl_windows * 2048))
-    perplexity(model, tokens[:, :2048], 2048, progress=False)  # warm-up
+    perplexity(model, tokens[:, :2048 * GPU_BATCH_SIZE], 2048, progress=False)  # warm-up (on a GPU, compiling)
     _, seconds, _ = measured(args.device, lambda: perplexity(model, tokens, 2048, progress=False))
     rate = tokens.numel() / seconds
     rows = [("perplexity, tokens/s at 2048", f"{rate:,.0f}"),

@@ -8,7 +8,8 @@ weights, after one warm-up batch (which, compiled, includes the compilation; its
 tokens/s, the share of the GPU's dense bf16 peak (2 FLOP per weight of the blocks and the head, per token),
 the speed-up over eager batch 1 measured in the same run, and the perplexity. Random weights give a
 perplexity near the vocabulary size whatever the arithmetic, so the same settings are then compared on the
-embedded SmolLM2-135M over real text (enwiki-excerpt, the WikiText2 stand-in), where a change would show.
+embedded SmolLM2-135M over real text (enwiki-excerpt, the WikiText2 stand-in), where a change would show,
+and against the same model in float32, to show which rounding is nearer the exact value.
 """
 
 from __future__ import annotations
@@ -24,19 +25,18 @@ sys.path.insert(0, str(ROOT))
 
 from llmq_core.data import eval_tokens  # noqa: E402
 from llmq_core.eval.perplexity import perplexity  # noqa: E402
-from llmq_core.models import compile_blocks, load_model  # noqa: E402
+from llmq_core.models import load_model  # noqa: E402
 from paper_scale import SHAPES, build_model  # noqa: E402
 from timing import measured  # noqa: E402
 
 
 def scored(model: torch.nn.Module, tokens: torch.Tensor, batch: int, compiled: bool, device: str
            ) -> tuple[float, float, float]:
-    """(warm-up s, timed s, perplexity) of one setting; compilation is undone afterwards."""
-    if compiled:
-        compile_blocks(model)
-    _, warm_up, _ = measured(device, lambda: perplexity(model, tokens[:, :2048 * batch], 2048, batch_size=batch,
-                                                         progress=False))
-    ppl, seconds, _ = measured(device, lambda: perplexity(model, tokens, 2048, batch_size=batch, progress=False))
+    """(warm-up s, timed s, perplexity) of one setting."""
+    def score(text: torch.Tensor) -> float:
+        return perplexity(model, text, 2048, batch_size=batch, compile_blocks=compiled, progress=False)
+    _, warm_up, _ = measured(device, lambda: score(tokens[:, :2048 * batch]))
+    ppl, seconds, _ = measured(device, lambda: score(tokens))
     torch._dynamo.reset()  # the next setting compiles afresh, for its own batch shape
     return warm_up, seconds, ppl
 
@@ -82,6 +82,9 @@ def main(argv: list[str] | None = None) -> None:
         reference = reference or ppl
         print(f"| {'compiled' if compiled else 'eager'} | {batch} | {ppl:.4f} | {ppl / reference - 1:+.2e} |",
               flush=True)
+    model, _ = load_model("smollm2-135m", args.device, dtype=torch.float32)  # which rounding is nearer exact
+    ppl = scored(model, text[:, :windows * 2048], 1, False, args.device)[2]
+    print(f"| eager, float32 weights and activations | 1 | {ppl:.4f} | {ppl / reference - 1:+.2e} |")
 
 
 if __name__ == "__main__":
