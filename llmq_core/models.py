@@ -144,7 +144,6 @@ def place_for_evaluation(model: PreTrainedModel, max_memory: dict[int | str, int
     return dispatch_model(model, device_map)
 
 
-
 def blocks_compile_safely(model: PreTrainedModel) -> bool:
     """Whether `compiled_blocks` compiles this model: its blocks on one device (accelerate's hooks, which move
     them between devices, do not compile) and made of torch's and transformers' own modules only. A quantizer's
@@ -158,7 +157,7 @@ def blocks_compile_safely(model: PreTrainedModel) -> bool:
 def compiled_blocks(model: PreTrainedModel) -> Iterator[bool]:
     """torch.compile each decoder block for the duration (where `blocks_compile_safely`); yields whether it did.
     On a GPU this fuses the RMSNorms, the rotary embedding and SiLU(gate) * up, which eager mode runs as separate
-    memory-bound kernels between the matrix products: 1.19x the tokens/s at LLaMA-3-8B's shape
+    memory-bound kernels between the matrix products: 1.17-1.19x the tokens/s at LLaMA-3-8B's shape
     (bench/perplexity_speed.py). The blocks share one compiled graph (regional compilation), so 32 blocks take
     about as long to compile as one, a few seconds; the weights are untouched."""
     blocks = model.get_decoder().layers

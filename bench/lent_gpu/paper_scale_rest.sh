@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # What the 8B-shape table (bench/RESULTS.md) still lacks: the perplexity settings (bench/perplexity_speed.py)
 # and the 32-block rows of six methods, split over the visible GPUs (one or two), each part written to $JOB_OUT
-# as it is measured. The 8-block times, four times over, give about 13 minutes on two H200s and 24 on one, so
-# it runs detached:
+# as it is measured. About 11 minutes on two H200s (2026-11-30) and, by the same rows, 20 on one, so it runs
+# detached:
 #
 #   LLMQ_GIT_COMMIT=<hash> bash bench/lent_gpu/run_sweep.sh start bash bench/lent_gpu/paper_scale_rest.sh
 #   bash bench/lent_gpu/run_sweep.sh wait      # each next call, within 30 s of the last, until it says finished

@@ -19,9 +19,9 @@ from llmq_core.models import compiled_blocks
 # Positions whose logits are materialised at once, over all windows of a batch: a 128k vocabulary at
 # seqlen 2048 in fp32 would be a GB per window, and only the log-sum-exp and one entry per row are needed.
 LOGIT_CHUNK = 512
-# On a GPU, windows scored at once, with compiled blocks: 1.23x the tokens/s of one eager window at a time at
-# LLaMA-3-8B's shape, 72 % of the H200's bf16 peak (bench/perplexity_speed.py, bench/RESULTS.md). On the CPU one
-# window at a time, eager: the committed notebooks' numbers, and compiling takes longer than it saves there.
+# On a GPU, windows scored at once, with compiled blocks: 1.18-1.23x the tokens/s of one eager window at a time
+# at LLaMA-3-8B's shape, 69-72 % of the H200's bf16 peak (bench/perplexity_speed.py, bench/RESULTS.md). On the
+# CPU one window at a time, eager, as the committed notebooks were run (compiling there is not measured).
 GPU_BATCH_SIZE = 4
 
 
