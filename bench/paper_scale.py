@@ -109,16 +109,21 @@ def peer_gptq(args: argparse.Namespace) -> tuple[float, float]:
                                                  max_seq_length=2048, num_calibration_samples=128))[1:]
 
 
+def share_of_peak(model: LlamaForCausalLM, tokens_per_s: float, peak_tflops: float) -> float:
+    """The forward's FLOP rate as a share of the GPU's dense peak: 2 FLOP per token for each weight a token
+    multiplies, the blocks' and the head's (not the embedding, which is looked up)."""
+    weights = sum(p.numel() for p in model.model.layers.parameters()) + model.lm_head.weight.numel()
+    return 2 * weights * tokens_per_s / (peak_tflops * 1e12)
+
+
 def evaluation(args: argparse.Namespace) -> list[tuple[str, str]]:
     model = build_model(args.shape, args.layers, args.device)
-    # the weights a token multiplies (2 FLOP each): the blocks and the head, not the embedding lookup
-    params = sum(p.numel() for p in model.model.layers.parameters()) + model.lm_head.weight.numel()
     tokens = torch.randint(0, model.config.vocab_size, (1, args.ppl_windows * 2048))
     perplexity(model, tokens[:, :2048 * GPU_BATCH_SIZE], 2048, progress=False)  # warm-up (on a GPU, compiling)
     _, seconds, _ = measured(args.device, lambda: perplexity(model, tokens, 2048, progress=False))
     rate = tokens.numel() / seconds
     rows = [("perplexity, tokens/s at 2048", f"{rate:,.0f}"),
-            ("perplexity, share of bf16 peak", f"{2 * params * rate / (args.peak_tflops * 1e12):.0%} of "
+            ("perplexity, share of bf16 peak", f"{share_of_peak(model, rate, args.peak_tflops):.0%} of "
                                                f"{args.peak_tflops:g} TFLOP/s")]
     tokenizer = AutoTokenizer.from_pretrained(resolve_model("smollm2-135m"))
     _, seconds, memory = measured(args.device, lambda: run_lm_eval(model, tokenizer, [f"llmq_{t}" for t in TASKS],

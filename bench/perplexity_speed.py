@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 from llmq_core.data import eval_tokens  # noqa: E402
 from llmq_core.eval.perplexity import perplexity  # noqa: E402
 from llmq_core.models import load_model  # noqa: E402
-from paper_scale import SHAPES, build_model  # noqa: E402
+from paper_scale import SHAPES, build_model, share_of_peak  # noqa: E402
 from timing import measured  # noqa: E402
 
 
@@ -61,13 +61,13 @@ def main(argv: list[str] | None = None) -> None:
     baseline = None
     for batch, compiled in settings:
         model = build_model(args.shape, args.layers, args.device)
-        params = sum(p.numel() for p in model.model.layers.parameters()) + model.lm_head.weight.numel()
         warm_up, seconds, ppl = scored(model, tokens, batch, compiled, args.device)
-        del model
         rate = tokens.numel() / seconds
+        share = share_of_peak(model, rate, args.peak_tflops)
+        del model
         baseline = baseline or rate
         print(f"| {'compiled' if compiled else 'eager'} | {batch} | {warm_up:.1f} | {rate:,.0f} | "
-              f"{2 * params * rate / (args.peak_tflops * 1e12):.1%} | {rate / baseline:.3f}x | {ppl:.2f} |", flush=True)
+              f"{share:.1%} | {rate / baseline:.3f}x | {ppl:.2f} |", flush=True)
 
     model, tokenizer = load_model("smollm2-135m", args.device)
     text = eval_tokens("enwiki-excerpt", tokenizer)
