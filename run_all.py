@@ -32,6 +32,7 @@ import yaml
 from llmq_core.errors import LlmqError
 from llmq_core.experiment import RunConfig, parse_group_size
 from llmq_core.quant import METHODS, get_method
+from llmq_core.results import ResultStore
 
 ROOT = Path(__file__).resolve().parent
 NOTEBOOKS = ROOT / "notebooks"
@@ -250,9 +251,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     runs = ROOT / "runs" / sweep
-    print(f"sweep {sweep}: {len(configs)} configurations -> {runs.relative_to(ROOT)}/")
+    store = ResultStore()
+    # a configuration whose every number is stored is not run again: its notebook would only load and quantize
+    stored = [] if args.force else [config for config in configs if not config.pending(store)]
+    print(f"sweep {sweep}: {len(configs)} configurations -> {runs.relative_to(ROOT)}/"
+          + (f" ({len(stored)} already stored in {store.root}, not run again; --force runs them)" if stored else ""))
     for config in configs:
-        print(f"  {run_slug(config):48s} {get_method(config.method).notebook}")
+        print(f"  {run_slug(config):48s} {'stored' if config in stored else get_method(config.method).notebook}")
+    configs = [config for config in configs if config not in stored]
     if args.dry_run:
         return 0
     failed = run_configs(configs, runs, args.force, args.jobs, gpus)

@@ -45,6 +45,12 @@ def quick_configs() -> list[dict]:
     return yaml.safe_load(run_all.DEFAULT_SWEEP.read_text())["configs"]
 
 
+@pytest.fixture
+def empty_store(tmp_path, monkeypatch):
+    """A results store with nothing in it, so that every configuration of a sweep is run."""
+    monkeypatch.setenv("LLMQ_RESULTS", str(tmp_path / "empty-store"))
+
+
 def test_calibration_and_options_reach_only_the_notebooks_that_take_them(cached_model):
     rtn = run_all.notebook_parameters(run_all.RunConfig(method="rtn", wbits=4), force=False)
     gptq = run_all.notebook_parameters(run_all.RunConfig(method="gptq", wbits=4, nsamples=16,
@@ -72,7 +78,7 @@ def test_list_from_the_shell_prints_each_method_with_its_bits():
     assert "1, 2, 3, 4, 5, 6, 7, 8" in lines["rtn"] and "16" in lines["fp16"]
 
 
-def test_a_failing_configuration_is_reported_and_the_others_go_on(cached_model, monkeypatch, capsys, tmp_path):
+def test_a_failing_configuration_is_reported_and_the_others_go_on(cached_model, monkeypatch, capsys, empty_store):
     ran = []
 
     def fake_execute(notebook, output, parameters, gpu=None):
@@ -86,7 +92,7 @@ def test_a_failing_configuration_is_reported_and_the_others_go_on(cached_model, 
     assert "FAILED smollm2-135m--rtn-w4a16-g128: boom" in capsys.readouterr().err
 
 
-def test_jobs_run_configurations_concurrently_each_once(cached_model, monkeypatch, capsys):
+def test_jobs_run_configurations_concurrently_each_once(cached_model, monkeypatch, capsys, empty_store):
     import threading
     import time
 
@@ -105,6 +111,23 @@ def test_jobs_run_configurations_concurrently_each_once(cached_model, monkeypatc
     assert run_all.main(["--no-summary", "--jobs", "3"]) == 0
     assert peak[0] == 3
     assert sorted(ran, key=str) == sorted([(c.get("wbits", 16), c.get("group_size")) for c in quick_configs()], key=str)
+
+
+def test_a_configuration_whose_numbers_are_all_stored_is_not_run_again(cached_model, monkeypatch, tmp_path, capsys):
+    from llmq_core.experiment import RunConfig
+    from llmq_core.results import ResultStore
+
+    monkeypatch.setenv("LLMQ_RESULTS", str(tmp_path))
+    stored = RunConfig(method="rtn", wbits=3, group_size=128, ppl_windows=8, seqlen=512, limit=50)
+    for target in stored.targets():
+        ResultStore(tmp_path).put(stored.record_key(target), {"ppl": 1.0}, wall_time_s=0, device="cpu")
+    ran = []
+    monkeypatch.setattr(run_all, "execute", lambda notebook, output, parameters, gpu=None: ran.append(output.stem))
+    single = ["--method", "rtn", "--wbits", "3", "--group-size", "128", "--no-summary"]
+    assert run_all.main(single) == 0 and ran == []
+    assert "1 already stored" in capsys.readouterr().out
+    assert run_all.main([*single, "--wbits", "2"]) == 0 and ran == ["smollm2-135m--rtn-w2a16-g128"]
+    assert run_all.main([*single, "--force"]) == 0 and ran[-1] == "smollm2-135m--rtn-w3a16-g128"
 
 
 def test_cuda_without_a_sweep_plans_the_full_sweep(cached_model):
@@ -136,7 +159,7 @@ def test_more_gpus_than_visible_is_a_clear_error(monkeypatch, capsys):
     assert "--gpus 2 asked for, but 1 GPU(s) can be used here" in capsys.readouterr().err
 
 
-def test_gpus_run_each_configuration_once_on_a_shared_store(cached_model, monkeypatch, tmp_path):
+def test_gpus_run_each_configuration_once_on_a_shared_store(cached_model, monkeypatch, tmp_path, empty_store):
     """Two fake GPUs with two notebooks each: every configuration runs once, both GPUs get work, and the one
     store that all of them write holds one record per configuration."""
     import threading
