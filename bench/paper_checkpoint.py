@@ -34,12 +34,12 @@ sys.path.insert(0, str(ROOT))
 from llmq_core.assets import asset_path  # noqa: E402
 from llmq_core.models import MODELS  # noqa: E402
 
-# config.json of meta-llama/Meta-Llama-3-8B and -70B as published on the hub (transformers_version aside)
+# config.json of meta-llama/Meta-Llama-3-8B and -70B as published on the hub
 _LLAMA3 = dict(architectures=["LlamaForCausalLM"], attention_bias=False, attention_dropout=0.0,
                bos_token_id=128000, eos_token_id=128001, hidden_act="silu", initializer_range=0.02,
                max_position_embeddings=8192, model_type="llama", num_key_value_heads=8, pretraining_tp=1,
                rms_norm_eps=1e-05, rope_scaling=None, rope_theta=500000.0, tie_word_embeddings=False,
-               torch_dtype="bfloat16", use_cache=True, vocab_size=128256)
+               torch_dtype="bfloat16", transformers_version="4.40.0.dev0", use_cache=True, vocab_size=128256)
 PUBLISHED_CONFIGS: dict[str, dict[str, Any]] = {
     "llama3-8b": {**_LLAMA3, "hidden_size": 4096, "intermediate_size": 14336, "num_attention_heads": 32,
                   "num_hidden_layers": 32},

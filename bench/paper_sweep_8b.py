@@ -1,7 +1,7 @@
 """What each row of the paper's sweep costs at LLaMA-3-8B's shape, read from a rehearsal (bench/paper_rehearsal.sh):
 its results store and its executed notebooks -> bench/paper_sweep_8b.csv, and a table per row and target.
 
-    python bench/paper_sweep_8b.py --store REHEARSAL/results --runs runs/paper_sweep_8b [--csv bench/paper_sweep_8b.csv]
+    python bench/paper_sweep_8b.py        # from the rehearsal's records and notebooks kept in bench/paper_sweep_8b/
 
 Per row: `quantize_s`, the method's own time (a LoRA-FT row: preparing its NF4 base and fine-tuning, the fine-tune
 timed over the rehearsal's steps and extrapolated to the paper's schedule, which the `setting` says); `evaluate_s`,
@@ -30,6 +30,7 @@ from llmq_core.results import ResultStore  # noqa: E402
 from run_all import run_slug  # noqa: E402
 
 REHEARSAL = ROOT / "bench" / "paper_sweep_8b.yaml"
+KEPT = ROOT / "bench" / "paper_sweep_8b"  # results/: its store; notebooks/: the executed notebook of each whole row
 PAPER_SWEEP = ROOT / "sweeps" / "paper-llama3-8b.yaml"
 COLUMNS = ("method", "setting", "quantize_s", "evaluate_s", "total_s", "peak_gib", "commit")
 
@@ -110,8 +111,8 @@ def markdown(rows: list[tuple[dict, dict[str, float]]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--store", type=Path, required=True, help="the rehearsal's results store")
-    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / REHEARSAL.stem, help="its executed notebooks")
+    parser.add_argument("--store", type=Path, default=KEPT / "results", help="the rehearsal's results store")
+    parser.add_argument("--runs", type=Path, default=KEPT / "notebooks", help="its executed notebooks")
     parser.add_argument("--csv", type=Path, default=ROOT / "bench" / "paper_sweep_8b.csv")
     args = parser.parse_args(argv)
     store, rows, missing = ResultStore(args.store), [], []
