@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from paper_checkpoint import PUBLISHED_CONFIGS  # noqa: E402
-from paper_sweep_8b import REHEARSAL, sweep_configs  # noqa: E402
+from paper_sweep_8b import REHEARSAL, sweep_configs, without_steps  # noqa: E402
 from run_all import run_slug  # noqa: E402
 
 MEASURED = ROOT / "bench" / "paper_sweep_8b.csv"
@@ -39,11 +39,6 @@ def parameters(shape: str) -> int:
         return LlamaForCausalLM(LlamaConfig(**PUBLISHED_CONFIGS[shape])).num_parameters()
 
 
-def lora_base(slug: str) -> str:
-    """A LoRA-FT row's name without its steps: the rehearsal's fine-tune stands for the schedule's."""
-    return "-".join(part for part in slug.split("-") if not part.startswith("steps="))
-
-
 def row_seconds(method: str, steps: int | None, measured: dict[str, dict[str, float]]) -> float:
     if method not in measured:
         return float("nan")
@@ -51,22 +46,23 @@ def row_seconds(method: str, steps: int | None, measured: dict[str, dict[str, fl
     return row["total_s"] - row["quantize_s"] if steps == 0 else row["total_s"]
 
 
-def table_cost(model: str, measured: dict[str, dict[str, float]], rehearsed: set[str]) -> list[dict]:
+def table_cost(model: str, measured: dict[str, dict[str, float]], rehearsed: list[dict]) -> list[dict]:
+    """Each row's seconds; `rehearsed` are the measured rehearsal rows (`without_steps`: its fine-tunes are
+    shorter than the schedule they stand for)."""
     scale = parameters(model) / parameters("llama3-8b")
     rows = []
     for config in sweep_configs(TABLES[model]):
         slug = run_slug(config)
         seconds = row_seconds(config.method, config.options.get("steps"), measured) * scale
         rows.append({"row": slug, "method": config.method, "seconds": seconds,
-                     "measured": model == "llama3-8b" and (slug in rehearsed or lora_base(slug) in rehearsed)})
+                     "measured": model == "llama3-8b" and without_steps(config) in rehearsed})
     return rows
 
 
 def main() -> int:
     with open(MEASURED) as handle:
         seconds = {row["method"]: {k: float(row[k]) for k in ("total_s", "quantize_s")} for row in csv.DictReader(handle)}
-    rehearsed = {lora_base(run_slug(config)) if config.options.get("steps") else run_slug(config)
-                 for config in sweep_configs(REHEARSAL) if config.method in seconds}
+    rehearsed = [without_steps(config) for config in sweep_configs(REHEARSAL) if config.method in seconds]
     print(__doc__.split("\n\n")[-1].strip(), "\n")
     print("| table | rows | measured | extrapolated | no measured row of the method | GPU-hours on one H200 |")
     print("|---|---|---|---|---|---|")

@@ -40,12 +40,17 @@ def sweep_configs(path: Path) -> list[RunConfig]:
     return [RunConfig(**{**spec["defaults"], **entry}) for entry in spec["configs"]]
 
 
+def without_steps(config: RunConfig) -> dict:
+    """A row as the rehearsal matches it to the paper's: all of it but the fine-tune's length."""
+    values = config.to_dict()
+    values["options"] = {k: v for k, v in values["options"].items() if k != "steps"}
+    return values
+
+
 def paper_steps(config: RunConfig) -> int:
     """The fine-tuning steps of the paper sweep's row that this rehearsal row stands for."""
     for paper in sweep_configs(PAPER_SWEEP):
-        rest = {k: v for k, v in paper.options.items() if k != "steps"}
-        if paper.method == config.method and paper.wbits == config.wbits and paper.options.get("steps") and \
-                rest == {k: v for k, v in config.options.items() if k != "steps"}:
+        if paper.options.get("steps") and without_steps(paper) == without_steps(config):
             return paper.options["steps"]
     raise ValueError(f"{run_slug(config)} is not a row of {PAPER_SWEEP.name} apart from its steps")
 

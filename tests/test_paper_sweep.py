@@ -100,7 +100,7 @@ def test_lora_ft_row_is_extrapolated_to_the_paper_schedule(tmp_path):
 
 def test_cost_counts_each_row_of_the_table_once():
     measured = {"rtn": {"total_s": 3600.0, "quantize_s": 1.0}, "qlora": {"total_s": 7200.0, "quantize_s": 3600.0}}
-    rows = table_cost("llama3-8b", measured, rehearsed=set())
+    rows = table_cost("llama3-8b", measured, rehearsed=[])
     assert len(rows) == len(sweep_configs(PAPER_SWEEP))
     by_method = {}
     for entry in rows:
