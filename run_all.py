@@ -31,7 +31,7 @@ import yaml
 
 from llmq_core.errors import LlmqError
 from llmq_core.experiment import RunConfig, parse_group_size
-from llmq_core.quant import METHODS, get_method
+from llmq_core.methods import METHODS, get_method
 from llmq_core.results import ResultStore
 
 ROOT = Path(__file__).resolve().parent

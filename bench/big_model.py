@@ -32,12 +32,13 @@ from transformers import LlamaConfig, LlamaForCausalLM
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from llmq_core.eval.perplexity import perplexity  # noqa: E402
-from llmq_core.models import offload_to, place_for_evaluation, weight_bytes  # noqa: E402
-from llmq_core.quant import QuantSpec, get_method  # noqa: E402
-from llmq_core.results import git_commit  # noqa: E402
 from paper_scale import SHAPES  # noqa: E402
 from timing import measured  # noqa: E402
+
+from llmq_core.eval.perplexity import perplexity  # noqa: E402
+from llmq_core.methods import QuantSpec, get_method  # noqa: E402
+from llmq_core.models import offload_to, place_for_evaluation, weight_bytes  # noqa: E402
+from llmq_core.results import git_commit  # noqa: E402
 
 
 def random_model_in_cpu_memory(config: LlamaConfig, draw_on: str, seed: int = 0) -> LlamaForCausalLM:

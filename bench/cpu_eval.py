@@ -16,7 +16,7 @@ import torch
 
 from llmq_core.data import eval_tokens
 from llmq_core.eval.perplexity import perplexity
-from llmq_core.eval.zeroshot import task_config_dir
+from llmq_core.eval.tasks import task_config_dir
 from llmq_core.models import load_model
 
 

@@ -16,12 +16,12 @@ import math
 
 import torch
 from lm_eval.models.huggingface import HFLM
+from timing import measured
 
 from llmq_core.eval.lm import ContinuationHFLM
-from llmq_core.eval.mmlu import GROUP
+from llmq_core.eval.tasks import GROUP
 from llmq_core.eval.zeroshot import run_lm_eval
 from llmq_core.models import load_model
-from timing import measured
 
 
 def measure(model, tokenizer, lm_class: type, task: str, limit: int, batch_size: int, device: str) -> dict:

@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from paper_checkpoint import PUBLISHED_CONFIGS  # noqa: E402
 from paper_sweep_8b import REHEARSAL, sweep_configs, without_steps  # noqa: E402
+
 from run_all import run_slug  # noqa: E402
 
 MEASURED = ROOT / "bench" / "paper_sweep_8b.csv"

@@ -32,13 +32,15 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from llmq_core.eval.perplexity import GPU_BATCH_SIZE, perplexity  # noqa: E402
-from llmq_core.eval.zeroshot import TASKS, run_lm_eval  # noqa: E402
-from llmq_core.experiment import RunConfig  # noqa: E402
-from llmq_core.models import resolve_model  # noqa: E402
-from llmq_core.quant import get_method  # noqa: E402
-from llmq_core.results import ResultStore, git_commit  # noqa: E402
 from timing import measured  # noqa: E402
+
+from llmq_core.eval.perplexity import GPU_BATCH_SIZE, perplexity  # noqa: E402
+from llmq_core.eval.tasks import TASKS  # noqa: E402
+from llmq_core.eval.zeroshot import run_lm_eval  # noqa: E402
+from llmq_core.experiment import RunConfig  # noqa: E402
+from llmq_core.methods import get_method  # noqa: E402
+from llmq_core.models import resolve_model  # noqa: E402
+from llmq_core.results import ResultStore, git_commit  # noqa: E402
 
 SHAPES = {  # LLaMA-3-8B's and 70B's config.json, and a stand-in small enough for a CPU test
     "llama3-8b": dict(hidden_size=4096, num_hidden_layers=32, intermediate_size=14336, num_attention_heads=32,

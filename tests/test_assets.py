@@ -30,7 +30,7 @@ def fake_registry(tmp_path, monkeypatch):
 
     monkeypatch.setattr(PackageFile, "download", download)
     monkeypatch.setitem(assets.PACKAGES, "fake", package)
-    monkeypatch.setattr(assets, "_assets", lambda: {"thing": Asset("thing", "things/thing", ("fake",), prepare)})
+    monkeypatch.setattr(assets, "all_assets", lambda: {"thing": Asset("thing", "things/thing", ("fake",), prepare)})
     return calls
 
 
@@ -48,7 +48,7 @@ def test_a_failing_preparer_leaves_nothing_half_written(tmp_path, fake_registry,
         (out / "half.txt").write_text("half")
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(assets, "_assets", lambda: {"thing": Asset("thing", "things/thing", ("fake",), broken)})
+    monkeypatch.setattr(assets, "all_assets", lambda: {"thing": Asset("thing", "things/thing", ("fake",), broken)})
     with pytest.raises(RuntimeError, match="disk full"):
         assets.fetch(root=tmp_path, log=lambda _: None)
     assert not (tmp_path / "things").exists() or not any((tmp_path / "things").iterdir())

@@ -4,7 +4,7 @@ scales never do worse than alpha = 0 (plain RTN) on the judged output, and the w
 import pytest
 import torch
 
-from llmq_core.quant import QuantSpec
+from llmq_core.methods import QuantSpec
 from llmq_core.quant.awq import LLAMA_GROUPS, column_groups, output_mse, quantize_awq, search_clipping, search_scales
 from llmq_core.quant.layerwise import block_linears, capture_block_inputs, fold_scales, forward_in_chunks, linear_inputs
 from llmq_core.quant.primitives import quantize_weight_groupwise

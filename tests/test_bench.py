@@ -63,7 +63,7 @@ def test_the_big_model_bench_says_when_it_quantized_only_the_first_blocks(tmp_pa
 
 
 def test_quantizing_the_first_blocks_changes_those_and_leaves_the_model_whole():
-    from llmq_core.quant import QuantSpec, get_method
+    from llmq_core.methods import QuantSpec, get_method
 
     model = big_model.random_model_in_cpu_memory(paper_scale.LlamaConfig(**paper_scale.SHAPES["tiny"]), "cpu")
     before = [block.mlp.up_proj.weight.clone() for block in model.model.layers]
@@ -83,6 +83,7 @@ def test_random_weights_drawn_elsewhere_are_a_working_llama():
 
 def test_the_two_gpu_sweep_has_eight_configurations_and_its_store_check_counts_each_record(tmp_path):
     import multi_gpu
+
     from llmq_core.results import ResultStore
 
     configs = multi_gpu.sweep_configs(ROOT / "bench" / "lent_gpu" / "two-gpus.yaml")

@@ -7,7 +7,7 @@ import torch
 
 from llmq_core.quant.billm import (billm_binarize_block, billm_quantize_linear, binarization_error, binarize_rows,
                                    quantize_billm, residual_binarization_error, salient_column_mask, split_errors)
-from llmq_core.quant.registry import QuantSpec
+from llmq_core.registry import QuantSpec
 from tests.test_gptq import correlated_inputs, layer_error, quantized_copy_logit_error
 from tests.test_quip import hessian_of
 

@@ -41,10 +41,10 @@ def registry(tmp_path, monkeypatch):
         return dest / self.filename
 
     monkeypatch.setattr(PackageFile, "download", download)
-    monkeypatch.setattr(assets, "_assets", lambda: {
+    monkeypatch.setattr(assets, "all_assets", lambda: {
         "text": Asset("text", "text/fake", ("fake-text",), prepare_text),
         "model": Asset("model", "models/fake", ("fake-model",), prepare_model, bundle_as_sources=True)})
-    monkeypatch.setattr(bundle, "_assets", assets._assets)
+    monkeypatch.setattr(bundle, "all_assets", assets.all_assets)
     monkeypatch.setattr(bundle, "REGENERATE_OVER", 1024)
     source_cache = tmp_path / "source-cache"
     assets.fetch(root=source_cache, log=lambda _: None)
@@ -103,10 +103,10 @@ def test_a_regenerated_file_that_differs_is_refused_and_not_placed(registry, tmp
         prepare_model(packages, out_dir)
         save_file({"w": torch.zeros(64, 64)}, str(out_dir / "model.safetensors"))
 
-    monkeypatch.setattr(assets, "_assets", lambda: {
+    monkeypatch.setattr(assets, "all_assets", lambda: {
         "text": Asset("text", "text/fake", ("fake-text",), prepare_text),
         "model": Asset("model", "models/fake", ("fake-model",), other_library_version, bundle_as_sources=True)})
-    monkeypatch.setattr(bundle, "_assets", assets._assets)
+    monkeypatch.setattr(bundle, "all_assets", assets.all_assets)
     target = tmp_path / "target-cache"
     with pytest.raises(AssetError, match="model unpacked here differs"):
         bundle.unbundle(out, root=target, log=lambda _: None)
@@ -229,5 +229,5 @@ def test_unbundle_installs_the_bundled_wheels_into_a_target_folder(registry, tmp
 
 
 def test_unbundle_from_the_command_line_says_what_is_missing(tmp_path, capsys):
-    assert assets.main(["unbundle", str(tmp_path)]) == 2
+    assert bundle.main(["unpack", str(tmp_path)]) == 2
     assert "manifest.json is missing" in capsys.readouterr().err

@@ -11,7 +11,7 @@ import torch
 from llmq_core.quant.dbllm import (DualBinaryLinear, deviation_aware_loss, distill_scales, dual_binarize, fold_back,
                                    quantize_dbllm, swap_in_dual_binary)
 from llmq_core.quant.primitives import quantize_weight_groupwise
-from llmq_core.quant.registry import QuantSpec
+from llmq_core.registry import QuantSpec
 from tests.test_gptq import quantized_copy_logit_error
 
 

@@ -4,11 +4,12 @@ output error is below round-to-nearest's, with the same quantization grid."""
 import pytest
 import torch
 
-from llmq_core.quant.gptq import Hessian, gptq_quantize_linear, quantize_gptq
+from llmq_core.quant.gptq import gptq_quantize_linear, quantize_gptq
+from llmq_core.quant.hessian import Hessian
 from llmq_core.quant.layerwise import capture_block_inputs, run_block
 from llmq_core.quant.primitives import quantize_weight_groupwise
-from llmq_core.quant.registry import QuantSpec
 from llmq_core.quant.rtn import quantize_rtn
+from llmq_core.registry import QuantSpec
 
 
 def correlated_inputs(tokens: int, cols: int, seed: int = 0) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch
 
 from llmq_core.errors import LlmqError
 from llmq_core.experiment import RunConfig, prepare_and_finetune, quantize_model
-from llmq_core.quant import METHODS
+from llmq_core.methods import METHODS
 from llmq_core.report import lora_ft_table, ptq_table
 
 TASKS = ["piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande"]
@@ -63,12 +63,14 @@ def test_prepare_and_finetune_trains_the_adapters_of_the_nf_base_and_reports_the
     assert report["trainable_parameters"] == sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def test_irqlora_reports_a_non_negative_icq_entropy_gain_and_adds_two_iec_scales_per_adapted_layer(cached_model):
+def test_irqlora_raises_the_codes_entropy_of_the_embedded_model_and_adds_two_iec_scales_per_adapted_layer(cached_model):
     base = {"steps": 0, "rank": 8}
     _, _, plain, _ = prepare_and_finetune(RunConfig(method="qlora", wbits=2, options=base), progress=False)
     _, _, report, _ = prepare_and_finetune(RunConfig(method="irqlora", wbits=2, options={**base, "tau_n": 4}),
                                            progress=False)
-    assert report["icq_mean_entropy_gain_bits"] >= 0
+    # tau = 0 (plain NF) is a candidate, so the gain is never negative; on real weights at 2 bits the search must
+    # find more (tests/test_lora.py holds the block-level cases)
+    assert report["icq_mean_entropy_gain_bits"] > 0.01
     adapted = 7 * cached_model[0].config.num_hidden_layers
     assert report["trainable_parameters"] - plain["trainable_parameters"] == 2 * adapted
 

@@ -6,11 +6,11 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from llmq_core.eval.perplexity import perplexity
 from llmq_core.errors import LlmqError
+from llmq_core.eval.perplexity import perplexity
 from llmq_core.experiment import RunConfig, quantize_model
+from llmq_core.methods import QuantSpec, get_method
 from llmq_core.models import compute_device, is_offloaded, offload_to, place_for_evaluation, weight_bytes
-from llmq_core.quant import QuantSpec, get_method
 
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="offloading to a GPU needs one")
 

@@ -1,7 +1,7 @@
 import re
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -17,7 +17,7 @@ def test_environment_yml_installs_what_pyproject_declares():
 
 
 def test_every_registered_method_has_its_notebook():
-    from llmq_core.quant import METHODS
+    from llmq_core.methods import METHODS
 
     for method in METHODS.values():
         notebook = ROOT / "notebooks" / method.notebook
@@ -27,7 +27,7 @@ def test_every_registered_method_has_its_notebook():
 
 def test_sweeps_name_registered_methods_and_valid_settings():
     from llmq_core.experiment import RunConfig
-    from llmq_core.quant import check_spec, get_method
+    from llmq_core.methods import check_spec, get_method
 
     for sweep in (ROOT / "sweeps").glob("*.yaml"):
         spec = yaml.safe_load(sweep.read_text())

@@ -19,7 +19,7 @@ from paper_cost import table_cost  # noqa: E402
 from paper_sweep_8b import PAPER_SWEEP, REHEARSAL, paper_steps, row, sweep_configs  # noqa: E402
 
 from llmq_core import assets  # noqa: E402
-from llmq_core.quant import METHODS  # noqa: E402
+from llmq_core.methods import METHODS  # noqa: E402
 from llmq_core.results import ResultStore  # noqa: E402
 
 

@@ -8,7 +8,7 @@ import torch
 from llmq_core.errors import LlmqError
 from llmq_core.quant.pbllm import pbllm_quantize_linear, quantize_pbllm, salient_fraction_for_bits, salient_weight_mask
 from llmq_core.quant.primitives import fake_quantize, find_scale_zero
-from llmq_core.quant.registry import QuantSpec, check_spec, get_method
+from llmq_core.registry import QuantSpec, check_spec, get_method
 from tests.test_gptq import correlated_inputs, layer_error, quantized_copy_logit_error
 from tests.test_quip import hessian_of
 

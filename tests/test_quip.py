@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from llmq_core.errors import LlmqError
-from llmq_core.quant import QuantSpec, check_spec, get_method
+from llmq_core.methods import QuantSpec, check_spec, get_method
 from llmq_core.quant.gptq import gptq_quantize_linear
 from llmq_core.quant.primitives import find_scale_zero, quantize_weight_groupwise
 from llmq_core.quant.quip import (incoherence_process, incoherence_unprocess, kronecker_orthogonal, ldlq_round,

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
+from llmq_core.methods import QuantSpec, get_method
 from llmq_core.models import decoder_linears
-from llmq_core.quant import QuantSpec, get_method
-from llmq_core.quant.rtn import average_bits
+from llmq_core.quant.primitives import average_bits
 
 
 def test_rtn_quantizes_every_decoder_linear_and_nothing_else(tiny_llama):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from llmq_core.errors import LlmqError
-from llmq_core.quant import QuantSpec, check_spec, get_method
+from llmq_core.methods import QuantSpec, check_spec, get_method
 from llmq_core.quant.primitives import quantize_symmetric_absmax
 from llmq_core.quant.smoothquant import ActivationQuantizedLinear, activation_maxima, quantize_smoothquant, smooth_model
 

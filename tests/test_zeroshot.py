@@ -5,12 +5,13 @@ import pytest
 import torch
 
 from llmq_core.assets import asset_path
+from llmq_core.eval import tasks as task_configs
 from llmq_core.eval import zeroshot
 
 
 @pytest.fixture(scope="module")
 def tasks(cached_model):
-    return zeroshot.task_manager().load([f"llmq_{t}" for t in zeroshot.TASKS])["tasks"]
+    return task_configs.task_manager().load([f"llmq_{t}" for t in task_configs.TASKS])["tasks"]
 
 
 def first_docs(task, n=3):
@@ -73,7 +74,8 @@ def test_mmlu_through_lm_eval_equals_our_own_5_shot_scoring_of_the_same_question
     import yaml
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from llmq_core.eval.mmlu import CATEGORIES, evaluate_mmlu, lm_eval_mmlu_dir, subject_categories
+    from llmq_core.eval.mmlu import evaluate_mmlu
+    from llmq_core.eval.tasks import CATEGORIES, lm_eval_mmlu_dir, subject_categories
 
     tokenizer = cached_model[1]
     torch.manual_seed(0)
@@ -177,7 +179,7 @@ def test_templates_compiled_once_render_lm_evals_mmlu_prompts(cached_model):
     """lm-eval's 5-shot MMLU contexts, built with its per-document template compilation and with ours."""
     from unittest import mock
 
-    task = zeroshot.task_manager().load(["llmq_mmlu_astronomy"])["tasks"]["llmq_mmlu_astronomy"]
+    task = task_configs.task_manager().load(["llmq_mmlu_astronomy"])["tasks"]["llmq_mmlu_astronomy"]
     docs = list(task.test_docs())[:3]
     theirs = [task.fewshot_context(doc, num_fewshot=5) for doc in docs]
     with mock.patch("lm_eval.utils.apply_template", zeroshot.render_template):

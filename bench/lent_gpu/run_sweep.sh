@@ -52,7 +52,7 @@ mkdir -p "$LLMQ_RESULTS" "$LLMQ_OUTPUT"
 # what is already measured is not measured again (cp -n is --update=none in newer coreutils)
 cp -r --update=none results/. "$LLMQ_RESULTS/" 2>/dev/null || cp -rn results/. "$LLMQ_RESULTS/"
 if [ ! -d /tmp/site ]; then
-    python3 -m llmq_core.assets unbundle "$STASH" --wheels-target /tmp/site 2>&1 | grep -v "de-quantizing"
+    python3 -m llmq_core.bundle unpack "$STASH" --wheels-target /tmp/site 2>&1 | grep -v "de-quantizing"
 fi
 if [ -d .peer ] && [ ! -e /tmp/site/.peer-installed ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .peer/*.whl && touch /tmp/site/.peer-installed

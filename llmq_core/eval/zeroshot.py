@@ -1,12 +1,8 @@
-"""Zero-shot accuracy through lm-evaluation-harness, on local copies of the five task sets.
+"""Zero-shot accuracy through lm-evaluation-harness, on the task configurations of `tasks.py`.
 
-The task YAMLs in `tasks/` `include` lm-eval's own task files, so the prompts
-(doc_to_text / doc_to_choice / doc_to_target, hellaswag's process_docs, winogrande's
-partial scoring) are the official ones; they only point the data at the asset cache.
 lm-eval builds the requests and computes the metrics; the log-likelihoods come from its HFLM
 model, through `lm.ContinuationHFLM`, which scores only the continuation positions and is tested
-to give HFLM's answers.
-"""
+to give HFLM's answers."""
 
 from __future__ import annotations
 
@@ -18,44 +14,7 @@ from unittest import mock
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from llmq_core.assets import asset_path, cache_dir
-from llmq_core.eval.mmlu import write_if_changed, write_mmlu_tasks
-
-TASKS = ("piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande")
-# HellaSwag's 40k continuations, and MMLU's 14k five-shot prompts, cost more than every other text and task together
-EXPENSIVE_TASKS = ("hellaswag", "mmlu")
-TEMPLATES = Path(__file__).parent / "tasks"
-
-
-def task_config_dir() -> Path:
-    """Render the task templates with this machine's lm-eval and cache paths; returns their folder."""
-    import lm_eval.tasks
-
-    out = cache_dir() / "lm_eval_tasks"
-    out.mkdir(parents=True, exist_ok=True)
-    values = {"lm_eval_tasks": Path(lm_eval.tasks.__file__).parent.as_posix(), "data": asset_path("tasks").as_posix()}
-    for template in TEMPLATES.glob("*.yaml"):
-        text = template.read_text()
-        for key, value in values.items():
-            text = text.replace("{" + key + "}", value)
-        write_if_changed(out / template.name, text)
-    write_mmlu_tasks(out / "mmlu")
-    return out
-
-
-@functools.lru_cache(maxsize=1)
-def task_manager():
-    """Only our tasks (they include lm-eval's by path): indexing all it ships takes seconds (bench/cpu_eval.py)."""
-    from lm_eval.tasks import TaskManager
-
-    return TaskManager(include_path=str(task_config_dir()), include_defaults=False)
-
-
-def check_task_name(task: str) -> None:
-    from llmq_core.errors import LlmqError
-
-    if task not in (*TASKS, "mmlu"):
-        raise LlmqError(f"unknown task {task!r}; choose from {', '.join(TASKS)} or mmlu (5-shot)")
+from llmq_core.eval.tasks import check_task_name, task_manager
 
 
 @functools.lru_cache(maxsize=None)

@@ -33,7 +33,7 @@ from llmq_core.lora.normalfloat import (BLOCKSIZE, code_entropy, entropy_bits, n
 from llmq_core.lora.qlora import (FINETUNE_OPTIONS, attach_lora, count_trainable_parameters, load_normalfloat_model,
                                   lora_settings)
 from llmq_core.models import decoder_linears, load_model
-from llmq_core.quant.registry import QuantSpec, register_method
+from llmq_core.registry import QuantSpec, register_method
 
 # The seed's usage: --tau_range 0.1 --tau_n 100 --blocksize 256 (blocksize2, of the stored taus)
 IRQLORA_OPTIONS = {**FINETUNE_OPTIONS, "tau_range": 0.1, "tau_n": 100, "blocksize2": 256}

@@ -21,7 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from llmq_core.lora.instructions import INSTRUCTION_SOURCES
 from llmq_core.lora.normalfloat import normalfloat_roundtrip
 from llmq_core.models import decoder_linears, load_model
-from llmq_core.quant.registry import QuantSpec, register_method
+from llmq_core.registry import QuantSpec, register_method
 
 # The fine-tuning knobs of both LoRA-FT methods and their full-size defaults: QLoRA's recipe for 7B/13B
 # (r 64, alpha 16, dropout 0.05, lr 2e-4, batch 16, prompts cut to 384 and responses to 128 tokens),

@@ -34,9 +34,8 @@ from transformers import PreTrainedModel
 from llmq_core.models import decoder_layers
 from llmq_core.quant.layerwise import (block_linears, block_on, capture_block_inputs, expand_to_inputs, fold_scales,
                                       forward_in_chunks, linear_inputs, tie_to_previous)
-from llmq_core.quant.primitives import fake_quantize, find_scale_zero, quantize_weight_groupwise
-from llmq_core.quant.registry import QuantSpec, register_method
-from llmq_core.quant.rtn import model_average_bits
+from llmq_core.quant.primitives import fake_quantize, find_scale_zero, model_average_bits, quantize_weight_groupwise
+from llmq_core.registry import QuantSpec, register_method
 
 SCALE_GRID = 20  # alpha = 0, 0.05, ..., 0.95
 CLIP_GRID, CLIP_STEPS, CLIP_TOKENS = 20, 10, 512  # shrink max|w| by 0 to 45 %, judged on ~512 tokens

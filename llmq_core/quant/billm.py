@@ -38,8 +38,8 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel
 
-from llmq_core.quant.gptq import drop_dead_inputs, inverse_hessian_factor, quantize_block_by_block
-from llmq_core.quant.registry import QuantSpec, register_method
+from llmq_core.quant.hessian import drop_dead_inputs, inverse_hessian_factor, quantize_block_by_block
+from llmq_core.registry import QuantSpec, register_method
 
 
 def binarize_rows(weight: torch.Tensor, mask: torch.Tensor, order: int = 1) -> torch.Tensor:

@@ -37,7 +37,7 @@ from transformers import PreTrainedModel
 
 from llmq_core.models import decoder_layers
 from llmq_core.quant.layerwise import block_linears
-from llmq_core.quant.registry import QuantSpec, register_method
+from llmq_core.registry import QuantSpec, register_method
 
 CLIP_CANDIDATES = torch.linspace(0.5, 1.0, 11)
 

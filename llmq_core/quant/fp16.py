@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from llmq_core.quant.registry import QuantSpec, register_method
+from llmq_core.registry import QuantSpec, register_method
 
 
 @register_method("fp16", wbits=(16,), notebook="ptq/fp16.ipynb", paper_name="FP16",

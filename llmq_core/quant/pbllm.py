@@ -28,9 +28,10 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel
 
-from llmq_core.quant.gptq import ColumnLoop, drop_dead_inputs, inverse_hessian_factor, quantize_block_by_block
+from llmq_core.quant.column_loop import ColumnLoop
+from llmq_core.quant.hessian import drop_dead_inputs, inverse_hessian_factor, quantize_block_by_block
 from llmq_core.quant.primitives import fake_quantize, find_scale_zero
-from llmq_core.quant.registry import QuantSpec, register_method
+from llmq_core.registry import QuantSpec, register_method
 
 
 def salient_fraction_for_bits(average_bits: float, high_bits: int = 8) -> float:

@@ -58,3 +58,15 @@ def quantize_symmetric_absmax(values: torch.Tensor, bits: int) -> torch.Tensor:
     x -> s * round(x / s). SmoothQuant's quantizer, for weights per output channel and activations per token."""
     scale = values.abs().amax(dim=-1, keepdim=True).float().clamp(min=1e-5) / (2 ** (bits - 1) - 1)
     return (torch.round(values.float() / scale) * scale).to(values.dtype)
+
+
+def average_bits(bits: int, group_size: int | None, in_features: int) -> float:
+    """Bits per weight including the fp16 scale and the b-bit zero stored for each group."""
+    groups_per_row = 1 if group_size is None else -(-in_features // group_size)
+    return bits + groups_per_row * (16 + bits) / in_features
+
+
+def model_average_bits(linears: list[torch.nn.Linear], bits: int, group_size: int | None) -> float:
+    """`average_bits` over the Linears, weighted by their number of weights."""
+    count = sum(linear.weight.numel() for linear in linears)
+    return sum(average_bits(bits, group_size, l.in_features) * l.weight.numel() for l in linears) / count

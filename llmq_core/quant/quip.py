@@ -32,8 +32,9 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
-from llmq_core.quant.gptq import ColumnLoop, dampen_hessian, drop_dead_inputs, quantize_block_by_block
-from llmq_core.quant.registry import QuantSpec, register_method
+from llmq_core.quant.column_loop import ColumnLoop
+from llmq_core.quant.hessian import dampen_hessian, drop_dead_inputs, quantize_block_by_block
+from llmq_core.registry import QuantSpec, register_method
 
 # rho / RMS(W'): the reference's `qfn b`. Made for low bits: the ~1.6 % of (near-Gaussian) weights beyond it
 # are clipped, which at 8 bits costs more than the rounding (about 5 % relative weight error).

@@ -9,20 +9,8 @@ from __future__ import annotations
 import torch
 
 from llmq_core.models import decoder_linears
-from llmq_core.quant.primitives import quantize_weight_groupwise
-from llmq_core.quant.registry import QuantSpec, register_method
-
-
-def average_bits(bits: int, group_size: int | None, in_features: int) -> float:
-    """Bits per weight including the fp16 scale and the b-bit zero stored for each group."""
-    groups_per_row = 1 if group_size is None else -(-in_features // group_size)
-    return bits + groups_per_row * (16 + bits) / in_features
-
-
-def model_average_bits(linears: list[torch.nn.Linear], bits: int, group_size: int | None) -> float:
-    """`average_bits` over the Linears, weighted by their number of weights."""
-    count = sum(linear.weight.numel() for linear in linears)
-    return sum(average_bits(bits, group_size, l.in_features) * l.weight.numel() for l in linears) / count
+from llmq_core.quant.primitives import model_average_bits, quantize_weight_groupwise
+from llmq_core.registry import QuantSpec, register_method
 
 
 @register_method("rtn", wbits=range(1, 9), notebook="ptq/rtn.ipynb", paper_name="RTN",

@@ -32,7 +32,7 @@ from transformers import PreTrainedModel
 from llmq_core.models import decoder_layers, decoder_linears
 from llmq_core.quant.layerwise import fold_scales, linear_inputs, tie_to_previous
 from llmq_core.quant.primitives import quantize_symmetric_absmax
-from llmq_core.quant.registry import QuantSpec, register_method
+from llmq_core.registry import QuantSpec, register_method
 
 # (op before, the Linears reading its output) in a Llama block
 SMOOTH_GROUPS = [("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
