@@ -11,8 +11,8 @@ the weights held in CPU memory and one block at a time on the first GPU (`models
 by block in order, so its time per block is that of the whole run). After that the model
 is placed with accelerate's device_map="auto" over the visible GPUs (`models.place_for_evaluation`), with
 what does not fit left in CPU memory, and its perplexity is measured on random tokens. `--gpu-gib` caps each
-GPU (torch's per-process memory fraction), so that a machine whose host has less memory than its GPU (the lent
-single H200: 128 GiB beside 140) can show a model larger than its GPU; the two-GPU machine (256 GiB) holds a
+GPU (torch's per-process memory fraction), so that a machine whose host has less memory than its GPU (a
+single-H200 node with 128 GiB beside 140) can show a model larger than its GPU; the two-GPU machine (256 GiB) holds a
 157 GiB model uncapped. The table gives wall times, the peak memory on each GPU, and where the blocks went.
 """
 

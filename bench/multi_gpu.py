@@ -1,6 +1,6 @@
 """One sweep on one GPU and on N GPUs, in one run: the wall-time ratio, and each record stored exactly once.
 
-    python bench/multi_gpu.py --sweep bench/lent_gpu/two-gpus.yaml --gpus 2 --jobs 4 [--markdown FILE]
+    python bench/multi_gpu.py --sweep bench/multi_gpu.yaml --gpus 2 --jobs 4 [--markdown FILE]
 
 Each run is `run_all.py --no-summary --gpus G --jobs J` into a results store of its own (a fresh folder), so
 that both measure every configuration. Afterwards each store must hold one record per configuration and
@@ -52,7 +52,7 @@ def store_check(configs: list[RunConfig], store: ResultStore) -> tuple[int, int,
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sweep", type=Path, default=ROOT / "bench" / "lent_gpu" / "two-gpus.yaml")
+    parser.add_argument("--sweep", type=Path, default=ROOT / "bench" / "multi_gpu.yaml")
     parser.add_argument("--gpus", type=int, default=2)
     parser.add_argument("--jobs", type=int, default=4, help="configurations at once on each GPU")
     parser.add_argument("--device", default="cuda", help="cpu: the runs without --gpus (tests)")

@@ -9,7 +9,7 @@ uses per method (128 x 2048; AWQ 128 x 512 and SmoothQuant 512 x 512, as in thei
 Each method quantizes a freshly initialised model; its end-to-end wall time and peak GPU memory are
 printed with their ratio to RTN's, measured in the same run. The peer is llm-compressor's GPTQ
 (W4A16, group 128) on the same model and calibration, printed as ours/theirs against our GPTQ g128;
-it runs where `llmcompressor` imports (carried as wheels to the lent GPU: bench/lent_gpu/README.md).
+it runs where `llmcompressor` imports (`pip install llmcompressor`; 0.14.0.1 asks for transformers <= 5.17).
 Evaluation: perplexity tokens/s at seqlen 2048 and its share of the GPU's dense bf16 peak (2 FLOP
 per weight of the blocks and the head, per token), and lm-eval's five tasks in full through our
 ContinuationHFLM, with the embedded model's tokenizer (49,152 ids, all valid for the 128,256-row
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit", type=int, help="lm-eval documents per task (default: all)")
     parser.add_argument("--batch-size", dest="batch_size", type=int, default=64)
     parser.add_argument("--peak-tflops", dest="peak_tflops", type=float, default=790.0,
-                        help="dense bf16 peak of the GPU (790: measured on the lent H100/H200)")
+                        help="dense bf16 peak of the GPU (790: measured on an H100 and an H200)")
     parser.add_argument("--markdown", type=Path, help="also write the table here, with date, device and commit")
     args = parser.parse_args(argv)
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"

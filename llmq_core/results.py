@@ -7,15 +7,22 @@ A record also keeps how it was obtained: wall time, peak memory, device, package
 and the git commit.
 
     results/<model>/<method>/<target>--<short hash of the key>.json
+
+Records measured elsewhere (a GPU node, a cluster's shards with stores of their own) join this store with
+
+    python -m llmq_core.results add OTHER_STORE_OR_ARCHIVE.tgz [--replace]
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
 import platform
 import subprocess
+import sys
+import tarfile
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -61,7 +68,7 @@ def device_name(device: str) -> str:
 
 
 def git_commit() -> str:
-    """HEAD (+dirty), or $LLMQ_GIT_COMMIT where the code runs from a copy without .git (a lent GPU, a cluster node)."""
+    """HEAD (+dirty), or $LLMQ_GIT_COMMIT where the code runs from a copy without .git (a node that got a copy of the tree)."""
     if os.environ.get("LLMQ_GIT_COMMIT"):
         return os.environ["LLMQ_GIT_COMMIT"]
     try:
@@ -141,6 +148,47 @@ class ResultStore:
         return [json.loads(p.read_text()) for p in sorted(self.root.glob("*/*/*.json"))]
 
 
+def add_records(source: ResultStore, store: ResultStore, replace: bool = False) -> tuple[int, int, list[str]]:
+    """Copy `source`'s records into `store`: a new one is added, one stored with the same content is skipped, one
+    that differs is left as it is unless `replace`. Returns (added, already stored, the differing records' names)."""
+    added, same, conflicts = 0, 0, []
+    for path in sorted(source.root.glob("*/*/*.json")):
+        record = json.loads(path.read_text())
+        stored = store.get(record["key"])
+        if stored == record:
+            same += 1
+        elif stored is None or replace:
+            store.write(record, replace=replace)
+            added += 1
+        else:
+            conflicts.append(path.name)
+    return added, same, conflicts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m llmq_core.results", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    add = sub.add_parser("add", help="add the records of another store (a folder, or a .tgz holding results/)")
+    add.add_argument("source", type=Path)
+    add.add_argument("--replace", action="store_true", help="replace stored records that differ")
+    args = parser.parse_args(argv)
+    store = ResultStore()
+    with tempfile.TemporaryDirectory() as unpacked:
+        source = args.source
+        if source.is_file():
+            with tarfile.open(source) as archive:
+                archive.extractall(unpacked, filter="data")
+            source = Path(unpacked) / "results"
+        if not source.is_dir():
+            print(f"error: {args.source} is neither a results folder nor an archive holding results/", file=sys.stderr)
+            return 2
+        added, same, conflicts = add_records(ResultStore(source), store, args.replace)
+    print(f"{added} records added to {store.root}, {same} already stored" + (
+        f", {len(conflicts)} differ and were kept as they are (--replace to take the new ones): {', '.join(conflicts)}"
+        if conflicts else ""))
+    return 1 if conflicts else 0
+
+
 def peak_memory_mb(device: str) -> float:
     """Peak GPU memory allocated by torch, or the process's peak resident memory on CPU."""
     if device.startswith("cuda"):
@@ -159,3 +207,7 @@ class Timer:
 
     def __exit__(self, *exc: object) -> None:
         self.seconds = time.perf_counter() - self.start
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -86,7 +86,7 @@ def test_the_two_gpu_sweep_has_eight_configurations_and_its_store_check_counts_e
 
     from llmq_core.results import ResultStore
 
-    configs = multi_gpu.sweep_configs(ROOT / "bench" / "lent_gpu" / "two-gpus.yaml")
+    configs = multi_gpu.sweep_configs(ROOT / "bench" / "multi_gpu.yaml")
     assert len(configs) == 8 and all(config.device == "cuda" for config in configs)
     store = ResultStore(tmp_path)
     first = configs[2]

@@ -83,13 +83,11 @@ def test_bits_given_as_float_or_int_share_one_record():
     assert RunConfig(method="rtn", wbits=1.7).wbits == 1.7
 
 
-def test_collecting_gpu_records_adds_new_ones_and_never_overwrites_a_different_one(tmp_path, monkeypatch):
-    import importlib.util
+def test_adding_another_stores_records_adds_new_ones_and_never_overwrites_a_different_one(tmp_path, monkeypatch):
     import tarfile
 
-    spec = importlib.util.spec_from_file_location("collect", Path(__file__).parents[1] / "bench/lent_gpu/collect.py")
-    collect = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(collect)
+    from llmq_core import results
+
     remote, local = ResultStore(tmp_path / "remote" / "results"), ResultStore(tmp_path / "local")
     monkeypatch.setenv("LLMQ_RESULTS", str(tmp_path / "local"))
     config = RunConfig(method="rtn", wbits=4)
@@ -99,8 +97,9 @@ def test_collecting_gpu_records_adds_new_ones_and_never_overwrites_a_different_o
     archive = tmp_path / "results.tgz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(tmp_path / "remote" / "results", "results")
-    assert collect.main([str(archive)]) == 1
+    assert results.main(["add", str(archive)]) == 1
     assert local.get(config.record_key("ptb"))["metrics"]["ppl"] == 10.0
     assert local.get(config.record_key("brown"))["metrics"]["ppl"] == 20.0
-    assert collect.main([str(archive), "--replace"]) == 0
+    assert results.main(["add", str(archive), "--replace"]) == 0
     assert local.get(config.record_key("ptb"))["metrics"]["ppl"] == 11.0
+    assert results.main(["add", str(tmp_path / "remote" / "results")]) == 0  # a folder: all of it stored already

@@ -17,7 +17,7 @@ tests/test_zeroshot.py checks that its tokens and answers equal HFLM's.
 
 With `answers_file`, the answers so far are saved every 30 s (`AnswerCheckpoint`), and a run of the
 same model that finds the file scores only the requests it lacks: a task cut short by a time limit
-(a lent GPU's call, a cluster's preemption) resumes instead of starting again.
+(a batch job's time limit, a cluster's preemption) resumes instead of starting again.
 """
 
 from __future__ import annotations
