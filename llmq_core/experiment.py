@@ -16,13 +16,11 @@ import torch
 from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from llmq_core.data import HUB_TEXTS, OFFLINE_TEXTS, calibration_windows, check_text_name, eval_tokens
+from llmq_core.data import HUB_TEXTS, OFFLINE_TEXTS, calibration_windows, check_text_name
 from llmq_core.errors import LlmqError
 from llmq_core.eval.lm import saved_answer_count
-from llmq_core.eval.mmlu import evaluate_mmlu
-from llmq_core.eval.perplexity import perplexity
+from llmq_core.eval.targets import TARGET_KINDS, target_kind
 from llmq_core.eval.tasks import EXPENSIVE_TASKS, TASKS, check_task_name
-from llmq_core.eval.zeroshot import evaluate_task
 from llmq_core.lora.finetune import finetune, load_adapter_weights, loss_curve, save_adapter
 from llmq_core.lora.instructions import instruction_batches, load_instructions
 from llmq_core.methods import METHODS, QuantSpec, check_spec, get_method
@@ -110,7 +108,7 @@ class RunConfig:
             check_text_name(name, self.data)
         for task in self.tasks:
             check_task_name(task)
-        for name in ("limit", "ppl_windows", "mmlu_limit"):
+        for name in (kind.limit for kind in TARGET_KINDS.values()):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise LlmqError(f"{name} must be a positive integer or left out (everything), not {value!r}")
@@ -126,17 +124,15 @@ class RunConfig:
 
     def record_key(self, target: str) -> dict[str, Any]:
         """The results-store key of one number: this configuration scored on one text or task."""
-        is_task = target in (*TASKS, "mmlu")
+        kind = target_kind(target)
         # Calibration belongs to the key only where it matters, so that RTN's keys stay as they were.
         calibration = ({"calibration": self.calibration, "nsamples": self.nsamples, "calib_seqlen": self.calib_seqlen}
                        if self.needs_calibration else {})
         return {
             "model": self.model, "method": self.method, "wbits": self.wbits, "abits": self.abits,
             "group_size": self.group_size, "symmetric": self.symmetric, "options": self.options,
-            "data": "tasks" if is_task else self.data, "target": target,
-            "kind": ("mmlu" if target == "mmlu" else "zeroshot") if is_task else "perplexity",
-            "limit": self.mmlu_limit if target == "mmlu" else self.limit if is_task else self.ppl_windows,
-            "seqlen": None if is_task else self.seqlen,
+            "data": self.data if kind.on_texts else "tasks", "target": target, "kind": kind.name,
+            "limit": getattr(self, kind.limit), "seqlen": self.seqlen if kind.on_texts else None,
             "dtype": str(self.dtype).removeprefix("torch."), "seed": self.seed, **calibration,
         }
 
@@ -232,26 +228,18 @@ def evaluate_and_record(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
     # the expensive tasks last, so that a run cut short (a batch job's time limit) has stored the cheaper records
     todo = sorted(todo, key=lambda target: target in EXPENSIVE_TASKS)
     # and the tasks' answers checkpointed, for these exact weights: a cut task resumes where it was
-    lm_eval_targets = [target for target in todo if target in (*TASKS, "mmlu")]
-    fingerprint = model_fingerprint(model) if lm_eval_targets else None
+    checkpointed = [target for target in todo if target_kind(target).checkpointed]
+    fingerprint = model_fingerprint(model) if checkpointed else None
     for target in tqdm(todo, desc=f"{config.method} w{config.wbits:g} evaluation"):
         if config.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         answers = (answers_dir() / f"{key_hash(config.record_key(target))}-{fingerprint}.json"
-                   if fingerprint and target in lm_eval_targets else None)
+                   if target in checkpointed else None)
         if answers and force:
             answers.unlink(missing_ok=True)
         resumed = {"resumed_answers": saved_answer_count(answers)} if answers and answers.exists() else {}
         with Timer() as timer:
-            if target == "mmlu":
-                metrics = evaluate_mmlu(model, tokenizer, config.mmlu_limit, config.batch_size, answers)
-            elif target in TASKS:
-                metrics = evaluate_task(model, tokenizer, target, config.limit, config.batch_size, answers)
-            else:
-                tokens = eval_tokens(target, tokenizer, config.data, config.seqlen, config.seed)
-                ppl = perplexity(model, tokens, config.seqlen, config.ppl_windows, progress=False)
-                windows = tokens.shape[1] // config.seqlen
-                metrics = {"ppl": ppl, "n": min(windows, config.ppl_windows or windows)}
+            metrics = target_kind(target).score(model, tokenizer, target, config, answers)
         store.put(config.record_key(target), metrics, wall_time_s=timer.seconds, device=config.device,
                   extra={"quantization": quant_report, **resumed}, replace=force)  # wall time: this run's part
         if answers:

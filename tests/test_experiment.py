@@ -60,8 +60,8 @@ def test_quantize_evaluate_record_and_reuse(cached_model, tmp_path, monkeypatch)
     def must_not_run(*args, **kwargs):
         raise AssertionError("a stored result was recomputed")
 
-    monkeypatch.setattr("llmq_core.experiment.perplexity", must_not_run)
-    monkeypatch.setattr("llmq_core.experiment.evaluate_task", must_not_run)
+    monkeypatch.setattr("llmq_core.eval.targets.perplexity", must_not_run)
+    monkeypatch.setattr("llmq_core.eval.targets.evaluate_task", must_not_run)
     again = evaluate_and_record(model, tokenizer, config, report, store)
     assert again.loc["ptb", "ppl"] == results.loc["ptb", "ppl"]
 
@@ -110,9 +110,32 @@ def test_saved_answers_belong_to_the_exact_weights_and_go_when_the_record_is_sto
         assert answers_file == left_by_a_cut_run and answers_file.exists()
         return {"acc": 0.5, "n": 2}
 
-    monkeypatch.setattr("llmq_core.experiment.evaluate_task", evaluate_from_checkpoint)
+    monkeypatch.setattr("llmq_core.eval.targets.evaluate_task", evaluate_from_checkpoint)
     store = ResultStore(tmp_path / "results")
     evaluate_and_record(tiny_llama, None, config, {}, store)
     record = store.get(config.record_key("piqa"))
     assert record["metrics"]["acc"] == 0.5 and record["resumed_answers"] == 2
     assert not left_by_a_cut_run.exists()
+
+
+def test_a_registered_target_kind_is_scored_and_keyed_by_what_it_declares(tmp_path, monkeypatch):
+    from llmq_core.eval import targets
+
+    scored = []
+
+    def score_words(model, tokenizer, target, settings, answers):
+        scored.append((target, settings.limit, answers))
+        return {"acc": 0.5, "n": settings.limit}
+
+    kinds = {"words": targets.TargetKind("words", lambda t: t.startswith("words-"), "limit", False, False, score_words),
+             **targets.TARGET_KINDS}
+    monkeypatch.setattr(targets, "TARGET_KINDS", kinds)
+    config = RunConfig(method="rtn", wbits=4, datasets=["ptb"], tasks=["words-a"], limit=3)
+    key = config.record_key("words-a")
+    assert (key["kind"], key["limit"], key["data"], key["seqlen"]) == ("words", 3, "tasks", None)
+    assert config.record_key("ptb")["kind"] == "perplexity"  # the kinds registered before it still claim theirs
+    store = ResultStore(tmp_path)
+    store.put(config.record_key("ptb"), {"ppl": 9.0, "n": 1}, wall_time_s=1.0, device="cpu")
+    table = evaluate_and_record(torch.nn.Linear(1, 1), None, config, {}, store)
+    assert scored == [("words-a", 3, None)] and table.loc["words-a", "acc"] == 0.5
+    assert store.get(key)["metrics"] == {"acc": 0.5, "n": 3}
