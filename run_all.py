@@ -30,7 +30,7 @@ from pathlib import Path
 import yaml
 
 from llmq_core.errors import LlmqError
-from llmq_core.experiment import RunConfig, parse_group_size
+from llmq_core.config import RunConfig, parse_group_size
 from llmq_core.methods import METHODS, get_method
 from llmq_core.results import ResultStore
 

@@ -37,7 +37,7 @@ from timing import measured  # noqa: E402
 from llmq_core.eval.perplexity import GPU_BATCH_SIZE, perplexity  # noqa: E402
 from llmq_core.eval.tasks import TASKS  # noqa: E402
 from llmq_core.eval.zeroshot import run_lm_eval  # noqa: E402
-from llmq_core.experiment import RunConfig  # noqa: E402
+from llmq_core.config import RunConfig  # noqa: E402
 from llmq_core.methods import get_method  # noqa: E402
 from llmq_core.models import resolve_model  # noqa: E402
 from llmq_core.results import ResultStore, git_commit  # noqa: E402

@@ -24,7 +24,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from llmq_core.experiment import RunConfig  # noqa: E402
+from llmq_core.config import RunConfig  # noqa: E402
 from llmq_core.methods import get_method  # noqa: E402
 from llmq_core.results import ResultStore  # noqa: E402
 from run_all import run_slug  # noqa: E402

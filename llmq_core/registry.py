@@ -8,7 +8,7 @@ facts about what it did (e.g. the average bits per weight), which is stored with
 
 A LoRA-FT method (track="lora_ft") registers the same way a function that builds its model instead:
 `prepare(model_name, spec, device, dtype) -> (model, tokenizer, report)`, the quantized base with its
-adapters, which `experiment.prepare_and_finetune` then fine-tunes.
+adapters, which `lora.pipeline.prepare_and_finetune` then fine-tunes.
 """
 
 from __future__ import annotations

@@ -114,7 +114,7 @@ def test_jobs_run_configurations_concurrently_each_once(cached_model, monkeypatc
 
 
 def test_a_configuration_whose_numbers_are_all_stored_is_not_run_again(cached_model, monkeypatch, tmp_path, capsys):
-    from llmq_core.experiment import RunConfig
+    from llmq_core.config import RunConfig
     from llmq_core.results import ResultStore
 
     monkeypatch.setenv("LLMQ_RESULTS", str(tmp_path))

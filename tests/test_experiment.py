@@ -7,7 +7,9 @@ import torch
 
 from llmq_core.data import calibration_windows, eval_tokens
 from llmq_core.errors import LlmqError
-from llmq_core.experiment import RunConfig, evaluate_and_record, quantize_model
+from llmq_core.config import RunConfig
+from llmq_core.evaluate import evaluate_and_record
+from llmq_core.quantize import quantize_model
 from llmq_core.models import load_model
 from llmq_core.results import ResultStore, key_hash
 

@@ -90,7 +90,7 @@ def test_no_module_of_quant_imports_lora():
 
 
 def test_the_registry_keeps_the_tables_order_when_the_lora_track_is_imported_first():
-    order = subprocess.run([sys.executable, "-c", "import llmq_core.experiment, llmq_core.lora.finetune; "
+    order = subprocess.run([sys.executable, "-c", "import llmq_core.evaluate, llmq_core.lora.pipeline; "
                             "from llmq_core.methods import METHODS; print(*METHODS)"],
                            capture_output=True, text=True, check=True).stdout.split()
     assert order == ["fp16", "rtn", "gptq", "awq", "quip", "smoothquant", "pbllm", "billm", "dbllm", "qlora", "irqlora"]

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from llmq_core.errors import LlmqError
-from llmq_core.experiment import RunConfig, prepare_and_finetune, quantize_model
+from llmq_core.config import RunConfig
+from llmq_core.lora.pipeline import prepare_and_finetune
+from llmq_core.quantize import quantize_model
 from llmq_core.methods import METHODS
 from llmq_core.report import lora_ft_table, ptq_table
 

@@ -8,7 +8,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from llmq_core.errors import LlmqError
 from llmq_core.eval.perplexity import perplexity
-from llmq_core.experiment import RunConfig, quantize_model
+from llmq_core.config import RunConfig
+from llmq_core.quantize import quantize_model
 from llmq_core.methods import QuantSpec, get_method
 from llmq_core.models import compute_device, is_offloaded, offload_to, place_for_evaluation, weight_bytes
 

@@ -26,7 +26,7 @@ def test_every_registered_method_has_its_notebook():
 
 
 def test_sweeps_name_registered_methods_and_valid_settings():
-    from llmq_core.experiment import RunConfig
+    from llmq_core.config import RunConfig
     from llmq_core.methods import check_spec, get_method
 
     for sweep in (ROOT / "sweeps").glob("*.yaml"):

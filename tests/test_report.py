@@ -1,6 +1,6 @@
 import math
 
-from llmq_core.experiment import RunConfig
+from llmq_core.config import RunConfig
 from llmq_core.report import best_records, evaluations_table, ptq_table, to_markdown
 
 

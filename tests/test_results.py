@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from llmq_core.errors import LlmqError
-from llmq_core.experiment import RunConfig
+from llmq_core.config import RunConfig
 from llmq_core.results import ResultStore
 
 

@@ -25,7 +25,7 @@ from llmq_core.eval.zeroshot import evaluate_task
 
 
 class EvaluationSettings(Protocol):
-    """What a target reads of the configuration (experiment.RunConfig has all of it)."""
+    """What a target reads of the configuration (config.RunConfig has all of it)."""
 
     data: str
     seqlen: int

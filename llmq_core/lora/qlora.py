@@ -77,7 +77,7 @@ def lora_settings(options: dict) -> LoraSettings:
                  summary="NormalFloat base + LoRA fine-tuned on instructions (steps=0: the NormalFloat row)")
 def prepare_qlora(model_name: str, spec: QuantSpec, device: str, dtype: torch.dtype
                   ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict]:
-    """The NF-k base with fresh LoRA adapters, ready to fine-tune (experiment.prepare_and_finetune)."""
+    """The NF-k base with fresh LoRA adapters, ready to fine-tune (lora.pipeline.prepare_and_finetune)."""
     options = {**FINETUNE_OPTIONS, **spec.options}
     model, tokenizer = load_normalfloat_model(model_name, int(spec.wbits), device, dtype)
     model = attach_lora(model, lora_settings(options))
