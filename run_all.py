@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from dataclasses import fields
 from pathlib import Path
 
 import yaml
@@ -173,7 +174,7 @@ def notebook_parameters(config: RunConfig, force: bool) -> dict:
         names += ["calibration", "nsamples", "calib_seqlen"]
     if "mmlu" in config.tasks:
         names.append("mmlu_limit")
-    if get_method(config.method).options:  # always, so that a notebook's own default options never leak in
+    if fields(get_method(config.method).options):  # always, so that a notebook's own default options never leak in
         names.append("options")
     return {**{k: values[k] for k in names}, "force": force}
 
@@ -230,8 +231,8 @@ def main(argv: list[str] | None = None) -> int:
             for method in METHODS.values():
                 bits = ", ".join(f"{b:g}" for b in method.wbits)
                 print(f"{method.name:12s} wbits {bits:24s} abits {','.join(map(str, method.abits)):8s} {method.summary}")
-                if method.options:
-                    print(f"{'':12s} options: {', '.join(f'{k}={v!r}' for k, v in method.options.items())}")
+                if method.option_defaults():
+                    print(f"{'':12s} options: {', '.join(f'{k}={v!r}' for k, v in method.option_defaults().items())}")
             return 0
         if args.summary_only:
             return build_summary(ROOT / "runs")

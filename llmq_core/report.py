@@ -116,7 +116,7 @@ def lora_ft_label(key: dict[str, Any]) -> str:
     method = get_method(key["method"])
     if method.track != "lora_ft":
         return method.paper_name
-    steps = {**method.options, **key["options"]}["steps"]
+    steps = method.options(**key["options"]).steps
     if steps == 0:
         return "NormalFloat" if method.name == "qlora" else "NormalFloat + ICQ"
     return method.paper_name

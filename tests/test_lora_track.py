@@ -20,8 +20,8 @@ TASKS = ["piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande"]
 def test_both_methods_are_registered_in_the_lora_ft_track_at_4_3_and_2_bits():
     for name in ("qlora", "irqlora"):
         assert METHODS[name].track == "lora_ft" and METHODS[name].wbits == (4, 3, 2)
-        assert METHODS[name].options["rank"] == 64 and METHODS[name].options["alpha"] == 16
-    assert METHODS["irqlora"].options["tau_n"] == 100 and METHODS["irqlora"].options["blocksize2"] == 256
+        assert METHODS[name].option_defaults()["rank"] == 64 and METHODS[name].option_defaults()["alpha"] == 16
+    assert METHODS["irqlora"].option_defaults()["tau_n"] == 100 and METHODS["irqlora"].option_defaults()["blocksize2"] == 256
 
 
 def test_a_lora_ft_configuration_is_scored_on_mmlu_with_its_own_limit():

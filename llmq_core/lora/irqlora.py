@@ -24,19 +24,25 @@ adapter (2 per layer); so do we, which keeps the model's output unchanged before
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from llmq_core.lora.instructions import INSTRUCTION_SOURCES
 from llmq_core.lora.normalfloat import (BLOCKSIZE, code_entropy, entropy_bits, normalfloat_code, normalfloat_roundtrip,
                                         quantize_blockwise, roundtrip_8bit)
-from llmq_core.lora.qlora import (FINETUNE_OPTIONS, attach_lora, count_trainable_parameters, load_normalfloat_model,
+from llmq_core.lora.qlora import (FinetuneOptions, attach_lora, count_trainable_parameters, load_normalfloat_model,
                                   lora_settings)
 from llmq_core.models import decoder_linears, load_model
 from llmq_core.registry import QuantSpec, register_method
 
-# The seed's usage: --tau_range 0.1 --tau_n 100 --blocksize 256 (blocksize2, of the stored taus)
-IRQLORA_OPTIONS = {**FINETUNE_OPTIONS, "tau_range": 0.1, "tau_n": 100, "blocksize2": 256}
+@dataclass(frozen=True)
+class IRQLoRAOptions(FinetuneOptions):
+    """QLoRA's, and ICQ's search as the seed's usage gives it: --tau_range 0.1 --tau_n 100 --blocksize 256."""
+
+    tau_range: float = 0.1  # the search's lambda spans +-tau_range sigma
+    tau_n: int = 100  # candidates on each side
+    blocksize2: int = 256  # the stored taus' 8-bit blocks
 
 SIGMA = 1 / float(torch.special.ndtri(torch.tensor(0.9677083, dtype=torch.float64)))
 BLOCKS_PER_CHUNK = 2048  # blocks searched at once, with all their candidates: ~60 MB
@@ -155,17 +161,17 @@ def attach_elastic_connections(model: PreTrainedModel) -> None:
 
 
 @register_method("irqlora", wbits=(4, 3, 2), notebook="lora_ft/irqlora.ipynb", paper_name="IR-QLoRA", track="lora_ft",
-                 grouped=False, options=IRQLORA_OPTIONS, choices={"instructions": INSTRUCTION_SOURCES},
+                 grouped=False, options=IRQLoRAOptions,
                  summary="QLoRA with entropy-calibrated NF blocks (ICQ) and elastic adapter connections (IEC)")
 def prepare_irqlora(model_name: str, spec: QuantSpec, device: str, dtype: torch.dtype
                     ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict]:
     """The NF-k base re-quantized with ICQ's shifts, with LoRA adapters and IEC, ready to fine-tune."""
-    options = {**IRQLORA_OPTIONS, **spec.options}
-    model, tokenizer = load_normalfloat_model(model_name, int(spec.wbits), device, dtype)
+    options = IRQLoRAOptions(**spec.options)
+    model, tokenizer = load_normalfloat_model(model_name, spec.grid_bits, device, dtype)
     full_precision_model, _ = load_model(model_name, "cpu", dtype)  # ICQ searches the unquantized weights
     full_precision = {name: linear.weight.detach() for name, linear in decoder_linears(full_precision_model).items()}
-    report = calibrate_information(model, full_precision, int(spec.wbits), options["tau_range"], options["tau_n"],
-                                   options["blocksize2"])
+    report = calibrate_information(model, full_precision, spec.grid_bits, options.tau_range, options.tau_n,
+                                   options.blocksize2)
     del full_precision_model, full_precision
     model = attach_lora(model, lora_settings(options))
     attach_elastic_connections(model)

@@ -4,6 +4,7 @@ instruction data; the trained adapter is kept, so that the same configuration ru
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -28,13 +29,13 @@ def prepare_and_finetune(config: RunConfig, progress: bool = True, reuse: bool =
     method = get_method(config.method)
     if method.track != "lora_ft":
         raise LlmqError(f"{method.name} is a post-training method: use load_model and quantize_model")
-    options = {**method.options, **config.options}
+    options = method.options(**config.options)
     torch.manual_seed(config.seed)
     if config.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     with Timer() as prepare_timer:
         model, tokenizer, report = method.quantize(config.model, config.spec, config.device, config.dtype)
-    trained_as = {"model": config.model, "method": config.method, "wbits": config.wbits, "options": options,
+    trained_as = {"model": config.model, "method": config.method, "wbits": config.wbits, "options": asdict(options),
                   "seed": config.seed, "dtype": str(config.dtype)}
     saved = adapters_dir() / key_hash(trained_as)
     if reuse and (saved / "report.json").exists():
@@ -42,17 +43,17 @@ def prepare_and_finetune(config: RunConfig, progress: bool = True, reuse: bool =
         finished = json.loads((saved / "report.json").read_text())
         losses = finished.pop("losses")
         return model, tokenizer, {**finished, "adapter_reused_from": str(saved)}, losses
-    records = load_instructions(options["instructions"])
-    batches = instruction_batches(records, tokenizer, options["train_batch_size"], options["source_max_len"],
-                                  options["target_max_len"], config.seed)
+    records = load_instructions(options.instructions)
+    batches = instruction_batches(records, tokenizer, options.train_batch_size, options.source_max_len,
+                                  options.target_max_len, config.seed)
     with Timer() as finetune_timer:
-        trained = finetune(model, batches, options["steps"], options["lr"], progress)
-    report = {**report, "prepare_time_s": round(prepare_timer.seconds, 3), "steps": options["steps"],
+        trained = finetune(model, batches, options.steps, options.lr, progress)
+    report = {**report, "prepare_time_s": round(prepare_timer.seconds, 3), "steps": options.steps,
               "finetune_time_s": round(finetune_timer.seconds, 3), "response_tokens": trained["response_tokens"],
-              "instructions": options["instructions"], "instruction_pairs": len(records),
+              "instructions": options.instructions, "instruction_pairs": len(records),
               "loss_curve": loss_curve(trained["losses"]),
               "finetune_peak_memory_mb": round(peak_memory_mb(config.device), 1)}
-    if options["steps"]:
+    if options.steps:
         save_adapter(model, saved)
         (saved / "report.json").write_text(json.dumps({**report, "losses": trained["losses"]}))
     if config.device.startswith("cuda"):

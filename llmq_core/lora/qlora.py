@@ -14,6 +14,7 @@ dropout 0.05. The NormalFloat row of the paper's table is this method with steps
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -26,8 +27,18 @@ from llmq_core.registry import QuantSpec, register_method
 # The fine-tuning knobs of both LoRA-FT methods and their full-size defaults: QLoRA's recipe for 7B/13B
 # (r 64, alpha 16, dropout 0.05, lr 2e-4, batch 16, prompts cut to 384 and responses to 128 tokens),
 # 1000 steps. The study fine-tunes on Alpaca; offline the data is ShareGPT's first exchanges.
-FINETUNE_OPTIONS = {"steps": 1000, "lr": 2e-4, "rank": 64, "alpha": 16, "dropout": 0.05, "train_batch_size": 16,
-                    "source_max_len": 384, "target_max_len": 128, "instructions": "sharegpt"}
+@dataclass(frozen=True)
+class FinetuneOptions:
+    steps: int = 1000
+    lr: float = 2e-4
+    rank: int = 64
+    alpha: float = 16
+    dropout: float = 0.05
+    train_batch_size: int = 16
+    source_max_len: int = 384  # prompts cut to this many tokens
+    target_max_len: int = 128  # responses cut to this many tokens
+    instructions: Literal[INSTRUCTION_SOURCES] = "sharegpt"
+
 
 @dataclass
 class LoraSettings:
@@ -68,17 +79,17 @@ def count_trainable_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def lora_settings(options: dict) -> LoraSettings:
-    return LoraSettings(rank=options["rank"], alpha=options["alpha"], dropout=options["dropout"])
+def lora_settings(options: FinetuneOptions) -> LoraSettings:
+    return LoraSettings(rank=options.rank, alpha=options.alpha, dropout=options.dropout)
 
 
 @register_method("qlora", wbits=(4, 3, 2), notebook="lora_ft/qlora.ipynb", paper_name="QLoRA", track="lora_ft",
-                 grouped=False, options=FINETUNE_OPTIONS, choices={"instructions": INSTRUCTION_SOURCES},
+                 grouped=False, options=FinetuneOptions,
                  summary="NormalFloat base + LoRA fine-tuned on instructions (steps=0: the NormalFloat row)")
 def prepare_qlora(model_name: str, spec: QuantSpec, device: str, dtype: torch.dtype
                   ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict]:
     """The NF-k base with fresh LoRA adapters, ready to fine-tune (lora.pipeline.prepare_and_finetune)."""
-    options = {**FINETUNE_OPTIONS, **spec.options}
-    model, tokenizer = load_normalfloat_model(model_name, int(spec.wbits), device, dtype)
+    options = FinetuneOptions(**spec.options)
+    model, tokenizer = load_normalfloat_model(model_name, spec.grid_bits, device, dtype)
     model = attach_lora(model, lora_settings(options))
     return model, tokenizer, {"trainable_parameters": count_trainable_parameters(model)}

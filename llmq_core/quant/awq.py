@@ -130,7 +130,7 @@ INPUT_OF = {name: group.linears[0] for group in LLAMA_GROUPS for name in group.l
 @torch.no_grad()
 def quantize_awq(model: PreTrainedModel, spec: QuantSpec, calibration: torch.Tensor) -> dict:
     """Search scales and clipping block by block on full-precision activations, then round every Linear."""
-    bits, alphas, quantized = int(spec.wbits), {group.inspect: [] for group in LLAMA_GROUPS}, []
+    bits, alphas, quantized = spec.grid_bits, {group.inspect: [] for group in LLAMA_GROUPS}, []
     inputs, block_kwargs = capture_block_inputs(model, calibration)
     for held in tqdm(decoder_layers(model), desc="AWQ blocks", leave=False):
         with block_on(held, inputs.device) as block:

@@ -35,6 +35,9 @@ exact update gave 1-26 % less output error on three and 1.5 % more on one.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 from transformers import PreTrainedModel
 
@@ -163,24 +166,28 @@ def billm_quantize_linear(linear: torch.nn.Linear, hessian: torch.Tensor, blocks
     return salient_columns
 
 
-OPTIONS = {"max_salient_columns": 50, "percdamp": 0.01, "salient_search": "sensitivity"}
+@dataclass(frozen=True)
+class BiLLMOptions:
+    max_salient_columns: int = 50  # the search for k salient columns tries 1 .. max_salient_columns - 1
+    percdamp: float = 0.01  # the dampening of H, a fraction of mean(diag H)
+    salient_search: Literal["sensitivity", "weights"] = "sensitivity"  # k minimises the error of these (Eq. 5: weights)
 
 
 @register_method("billm", wbits=(1.1,), notebook="ptq/billm.ipynb", paper_name="BiLLM", needs_calibration=True,
-                 options=OPTIONS, choices={"salient_search": ("sensitivity", "weights")},
+                 options=BiLLMOptions,
                  summary="salient columns binarized twice, the rest in two searched groups; ~1.1 bits", offloads=True)
 @torch.no_grad()
 def quantize_billm(model: PreTrainedModel, spec: QuantSpec, calibration: torch.Tensor) -> dict:
     """Block by block, as GPTQ; group_size is BiLLM's block size (the paper's: 128; None: a whole row).
     wbits=1.1 is the paper's label: the searches set the bits, and the report measures them."""
-    options = {**OPTIONS, **spec.options}
+    options = BiLLMOptions(**spec.options)
     weights, salient, flags, linears = 0, 0, 0.0, 0
 
     def quantize_linear(name: str, linear: torch.nn.Linear, hessian: torch.Tensor) -> None:
         nonlocal weights, salient, flags, linears
         blocksize = spec.group_size or linear.in_features
-        columns = billm_quantize_linear(linear, hessian, blocksize, options["percdamp"], options["max_salient_columns"],
-                                        options["salient_search"])
+        columns = billm_quantize_linear(linear, hessian, blocksize, options.percdamp, options.max_salient_columns,
+                                        options.salient_search)
         salient += columns * linear.out_features
         flags += linear.weight.numel() * (1 + 1 / blocksize)
         weights, linears = weights + linear.weight.numel(), linears + 1

@@ -159,20 +159,23 @@ def fold_back(swaps: list[Swap]) -> None:
         setattr(swap.parent, swap.child, swap.linear)
 
 
-OPTIONS = {"steps": 256, "lr": 1e-4}
+@dataclass(frozen=True)
+class DBLLMOptions:
+    steps: int = 256  # distillation steps, one calibration window each, the whole model at once
+    lr: float = 1e-4  # AdamW's on the scales, with cosine decay
 
 
 @register_method("dbllm", wbits=(2,), notebook="ptq/dbllm.ipynb", paper_name="DB-LLM", needs_calibration=True,
-                 options=OPTIONS, summary="each 2-bit weight two scaled binaries; the scales distilled from FP16")
+                 options=DBLLMOptions, summary="each 2-bit weight two scaled binaries; the scales distilled from FP16")
 def quantize_dbllm(model: PreTrainedModel, spec: QuantSpec, calibration: torch.Tensor) -> dict:
     """FDB on every Linear of the decoder blocks, DAD of the scales against a copy of the model, then plain
     Linears again. `steps` windows of the calibration text, cycled; the paper's schedule is not public."""
-    options = {**OPTIONS, **spec.options}
+    options = DBLLMOptions(**spec.options)
     teacher = copy.deepcopy(model).eval()
     swaps = swap_in_dual_binary(model, spec.group_size)
-    losses = distill_scales(model, teacher, swaps, calibration, options["steps"], options["lr"])
+    losses = distill_scales(model, teacher, swaps, calibration, options.steps, options.lr)
     fold_back(swaps)
     weights = sum(swap.linear.weight.numel() for swap in swaps)
     scales = sum(2 * swap.dual.scale_first.numel() for swap in swaps)
     return {"avg_bits": 2.0, "scale_bits": 16 * scales / weights, "quantized_linears": len(swaps),
-            "distill_steps": options["steps"], "distill_losses": losses}
+            "distill_steps": options.steps, "distill_losses": losses}

@@ -20,6 +20,8 @@ block; with group 128 and block 128 the two agree); the last group of a 576-wide
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from transformers import PreTrainedModel
 
@@ -102,22 +104,27 @@ def gptq_quantize_linear(linear: torch.nn.Linear, hessian: torch.Tensor, bits: i
     return float(loss.sum())
 
 
-OPTIONS = {"act_order": False, "static_groups": False, "percdamp": 0.01, "true_sequential": False}
+@dataclass(frozen=True)
+class GPTQOptions:
+    act_order: bool = False  # the columns in order of decreasing input energy H_jj
+    static_groups: bool = False  # group scales from the weights before any update (with act_order)
+    percdamp: float = 0.01  # the dampening, a fraction of mean(diag H)
+    true_sequential: bool = False  # each group of Linears calibrated on the groups quantized before it
 
 
 @register_method("gptq", wbits=range(2, 9), notebook="ptq/gptq.ipynb", paper_name="GPTQ", needs_calibration=True,
-                 options=OPTIONS, summary="Hessian-aware column-by-column rounding with error feedback", offloads=True)
+                 options=GPTQOptions, summary="Hessian-aware column-by-column rounding with error feedback", offloads=True)
 @torch.no_grad()
 def quantize_gptq(model: PreTrainedModel, spec: QuantSpec, calibration: torch.Tensor) -> dict:
     """Quantize the decoder block by block; each block is calibrated on the quantized blocks' outputs."""
-    options = {**OPTIONS, **spec.options}
-    bits, losses, quantized = int(spec.wbits), {}, []
+    options = GPTQOptions(**spec.options)
+    bits, losses, quantized = spec.grid_bits, {}, []
 
     def quantize_linear(name: str, linear: torch.nn.Linear, hessian: torch.Tensor) -> None:
         losses[name] = gptq_quantize_linear(linear, hessian, bits, spec.group_size, spec.symmetric,
-                                            options["act_order"], options["static_groups"], options["percdamp"])
+                                            options.act_order, options.static_groups, options.percdamp)
         quantized.append(linear)
 
-    quantize_block_by_block(model, calibration, quantize_linear, "GPTQ blocks", options["true_sequential"])
+    quantize_block_by_block(model, calibration, quantize_linear, "GPTQ blocks", options.true_sequential)
     return {"avg_bits": model_average_bits(quantized, bits, spec.group_size), "quantized_linears": len(losses),
             "gptq_loss_total": sum(losses.values())}

@@ -25,6 +25,9 @@ weights counted as zeros.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 from transformers import PreTrainedModel
 
@@ -104,26 +107,30 @@ def pbllm_quantize_linear(linear: torch.nn.Linear, hessian: torch.Tensor, salien
     return salient_count
 
 
-OPTIONS = {"high_bits": 8, "salient_metric": "hessian", "percdamp": 0.01}
+@dataclass(frozen=True)
+class PBLLMOptions:
+    high_bits: int = 8  # the salient weights' grid
+    salient_metric: Literal["hessian", "magnitude"] = "hessian"  # w^2 / [H^-1]_jj^2, or |w|
+    percdamp: float = 0.01  # the dampening of H, a fraction of mean(diag H)
 
 
 @register_method("pbllm", wbits=(1.7, 2), notebook="ptq/pbllm.ipynb", paper_name="PB-LLM", needs_calibration=True,
-                 options=OPTIONS, choices={"salient_metric": ("hessian", "magnitude")},
+                 options=PBLLMOptions,
                  summary="8-bit salient weights, the rest binarized, with GPTQ's error feedback", offloads=True)
 @torch.no_grad()
 def quantize_pbllm(model: PreTrainedModel, spec: QuantSpec, calibration: torch.Tensor) -> dict:
     """Block by block, as GPTQ; wbits sets the salient fraction by the paper's accounting."""
-    options = {**OPTIONS, **spec.options}
-    fraction = salient_fraction_for_bits(spec.wbits, options["high_bits"])
+    options = PBLLMOptions(**spec.options)
+    fraction = salient_fraction_for_bits(spec.wbits, options.high_bits)
     weights, salient, linears = 0, 0, 0
 
     def quantize_linear(name: str, linear: torch.nn.Linear, hessian: torch.Tensor) -> None:
         nonlocal weights, salient, linears
-        salient += pbllm_quantize_linear(linear, hessian, fraction, spec.group_size, options["high_bits"],
-                                         options["salient_metric"], options["percdamp"])
+        salient += pbllm_quantize_linear(linear, hessian, fraction, spec.group_size, options.high_bits,
+                                         options.salient_metric, options.percdamp)
         weights, linears = weights + linear.weight.numel(), linears + 1
 
     quantize_block_by_block(model, calibration, quantize_linear, "PB-LLM blocks")
     measured = salient / weights
-    return {"avg_bits": measured * options["high_bits"] + (1 - measured), "salient_fraction": measured,
+    return {"avg_bits": measured * options.high_bits + (1 - measured), "salient_fraction": measured,
             "bitmap_bits_not_counted": 1.0, "quantized_linears": linears}

@@ -147,22 +147,26 @@ def quip_quantize_weight(weight: torch.Tensor, hessian: torch.Tensor, bits: int,
     return incoherence_unprocess(quantized, state)
 
 
-OPTIONS = {"percdamp": 0.01, "seed": 0, "grid_range": GRID_RANGE}
+@dataclass(frozen=True)
+class QuIPOptions:
+    percdamp: float = 0.01  # the dampening of H, a fraction of mean(diag H)
+    seed: int = 0  # of the random orthogonal matrices
+    grid_range: float = GRID_RANGE  # rho / RMS of the processed weights: where the grid ends
 
 
 @register_method("quip", wbits=range(2, 9), notebook="ptq/quip.ipynb", paper_name="QuIP", needs_calibration=True,
-                 options=OPTIONS, grouped=False,
+                 options=QuIPOptions, grouped=False,
                  summary="random orthogonal incoherence processing, then LDLQ (OPTQ) rounding", offloads=True)
 @torch.no_grad()
 def quantize_quip(model: PreTrainedModel, spec: QuantSpec, calibration: torch.Tensor) -> dict:
     """Block by block, as GPTQ: each block is calibrated on the quantized blocks' outputs."""
-    options = {**OPTIONS, **spec.options}
-    generator = torch.Generator().manual_seed(options["seed"])
-    bits, linears = int(spec.wbits), []
+    options = QuIPOptions(**spec.options)
+    generator = torch.Generator().manual_seed(options.seed)
+    bits, linears = spec.grid_bits, []
 
     def quantize_linear(name: str, linear: torch.nn.Linear, hessian: torch.Tensor) -> None:
-        linear.weight.data = quip_quantize_weight(linear.weight, hessian, bits, generator, options["percdamp"],
-                                                  options["grid_range"]).to(linear.weight.dtype)
+        linear.weight.data = quip_quantize_weight(linear.weight, hessian, bits, generator, options.percdamp,
+                                                  options.grid_range).to(linear.weight.dtype)
         linears.append(linear)
 
     quantize_block_by_block(model, calibration, quantize_linear, "QuIP blocks")

@@ -19,5 +19,5 @@ from llmq_core.registry import QuantSpec, register_method
 def quantize_rtn(model: torch.nn.Module, spec: QuantSpec, calibration: torch.Tensor | None) -> dict:
     linears = list(decoder_linears(model).values())
     for linear in linears:
-        linear.weight.copy_(quantize_weight_groupwise(linear.weight, int(spec.wbits), spec.group_size, spec.symmetric))
-    return {"avg_bits": model_average_bits(linears, int(spec.wbits), spec.group_size), "quantized_linears": len(linears)}
+        linear.weight.copy_(quantize_weight_groupwise(linear.weight, spec.grid_bits, spec.group_size, spec.symmetric))
+    return {"avg_bits": model_average_bits(linears, spec.grid_bits, spec.group_size), "quantized_linears": len(linears)}

@@ -24,6 +24,8 @@ the query heads that share it); query/key/value outputs are not quantized (the r
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -102,27 +104,31 @@ def smooth_model(model: PreTrainedModel, calibration: torch.Tensor, alpha: float
                          maxima[f"layers.{index}.{names[0]}"], alpha, block.self_attn.head_dim)
 
 
-OPTIONS = {"smoothing": True, "alpha": 0.5, "smooth_o_proj": True}
+@dataclass(frozen=True)
+class SmoothQuantOptions:
+    smoothing: bool = True  # False: plain W8A8, the ablation without the scales
+    alpha: float = 0.5  # the migration strength: s_j = max|X_j|^alpha / max|W_j|^(1 - alpha)
+    smooth_o_proj: bool = True  # also smooth o_proj's input into v_proj's rows (the reference does not)
 
 
 @register_method("smoothquant", wbits=range(4, 9), abits=range(4, 9), notebook="ptq/smoothquant.ipynb",
-                 paper_name="SmoothQuant", needs_calibration=True, options=OPTIONS, grouped=False,
+                 paper_name="SmoothQuant", needs_calibration=True, options=SmoothQuantOptions, grouped=False,
                  always_symmetric=True,
                  summary="migrate activation outliers into the weights, then W and A per-channel / per-token")
 @torch.no_grad()
 def quantize_smoothquant(model: PreTrainedModel, spec: QuantSpec, calibration: torch.Tensor) -> dict:
     """Smooth (unless `smoothing` is off), then weights per channel and a per-token input quantizer on every Linear."""
-    options = {**OPTIONS, **spec.options}
-    if options["smoothing"]:
-        smooth_model(model, calibration, options["alpha"], options["smooth_o_proj"])
+    options = SmoothQuantOptions(**spec.options)
+    if options.smoothing:
+        smooth_model(model, calibration, options.alpha, options.smooth_o_proj)
     linears = decoder_linears(model)
     for block in decoder_layers(model):
         for name, module in list(block.named_modules()):
             if isinstance(module, torch.nn.Linear):
-                module.weight.data = quantize_symmetric_absmax(module.weight.data, int(spec.wbits))
+                module.weight.data = quantize_symmetric_absmax(module.weight.data, spec.grid_bits)
                 parent, _, attribute = name.rpartition(".")
                 setattr(block.get_submodule(parent), attribute, ActivationQuantizedLinear(module, spec.abits))
     count = sum(linear.weight.numel() for linear in linears.values())
     scale_bits = sum(16 * linear.out_features for linear in linears.values())  # one fp16 scale per row
-    return {"avg_bits": int(spec.wbits) + scale_bits / count, "quantized_linears": len(linears),
-            "alpha": options["alpha"] if options["smoothing"] else None}
+    return {"avg_bits": spec.grid_bits + scale_bits / count, "quantized_linears": len(linears),
+            "alpha": options.alpha if options.smoothing else None}
