@@ -1,6 +1,6 @@
 """The task configurations lm-evaluation-harness reads: the five zero-shot tasks and 5-shot MMLU, on local data.
 
-The five tasks' YAMLs in `tasks/` `include` lm-eval's own task files, so the prompts (doc_to_text /
+The five tasks' YAMLs in `task_templates/` `include` lm-eval's own task files, so the prompts (doc_to_text /
 doc_to_choice / doc_to_target, hellaswag's process_docs, winogrande's partial scoring) are the official ones;
 they only point the data at the asset cache. MMLU's are written from lm-eval's own `mmlu_<subject>` files
 (`write_mmlu_tasks`), grouped as lm-eval groups them. `task_manager()` indexes only these.
@@ -19,7 +19,7 @@ from llmq_core.errors import LlmqError
 TASKS = ("piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande")
 # HellaSwag's 40k continuations, and MMLU's 14k five-shot prompts, cost more than every other text and task together
 EXPENSIVE_TASKS = ("hellaswag", "mmlu")
-TEMPLATES = Path(__file__).parent / "tasks"
+TEMPLATES = Path(__file__).parent / "task_templates"
 
 
 def task_config_dir() -> Path:
