@@ -25,7 +25,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-from dataclasses import fields
 from pathlib import Path
 
 import yaml
@@ -174,7 +173,7 @@ def notebook_parameters(config: RunConfig, force: bool) -> dict:
         names += ["calibration", "nsamples", "calib_seqlen"]
     if "mmlu" in config.tasks:
         names.append("mmlu_limit")
-    if fields(get_method(config.method).options):  # always, so that a notebook's own default options never leak in
+    if get_method(config.method).option_defaults():  # always, so that a notebook's own default options never leak in
         names.append("options")
     return {**{k: values[k] for k in names}, "force": force}
 

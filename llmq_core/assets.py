@@ -248,7 +248,7 @@ def status(root: Path | None = None) -> dict[str, bool]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m llmq_core.assets", description=__doc__.split("\n\n")[0],
-                                     epilog="To carry the cache to a machine with no network: python -m llmq_core.bundle")
+                                     epilog="For a machine with no network, pack the cache with: python -m llmq_core.bundle pack")
     sub = parser.add_subparsers(dest="command", required=True)
     fetch_parser = sub.add_parser("fetch", help="download, verify and prepare the offline assets")
     fetch_parser.add_argument("names", nargs="*", help="assets to fetch (default: all)")
