@@ -19,7 +19,6 @@ import sys
 from pathlib import Path
 
 import torch
-import yaml
 from transformers import LlamaConfig, LlamaForCausalLM
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +20,9 @@ from llmq_core.lora.normalfloat import (code_entropy, normalfloat_code, normalfl
 from llmq_core.lora.qlora import LoraSettings, attach_lora, count_trainable_parameters
 from llmq_core.models import decoder_linears
 from llmq_core.quant.primitives import fake_quantize, find_scale_zero
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+import lora_memory  # noqa: E402
 
 
 @pytest.fixture
@@ -143,6 +148,17 @@ def test_iec_transforms_are_group_mean_and_repeat(small_llama):
     torch.testing.assert_close(down(x), x @ down.weight.T + x.view(3, 8, 16).mean(-1))
     h = torch.randn(3, 8)
     torch.testing.assert_close(up(h), h @ up.weight.T + h.repeat_interleave(32, dim=-1))
+
+
+def test_iec_keeps_only_rank_wide_activations_for_the_backward(small_llama):
+    """IEC is two parameter-free transforms scaled by scalars: what its backward needs is r wide, never d_out wide."""
+    model = attach_lora(small_llama, LoraSettings(rank=8, dropout=0.0))
+    ids = torch.randint(0, 128, (2, 16))
+    without = lora_memory.saved_bytes_per_token(model, ids)
+    attach_elastic_connections(model)
+    extra = lora_memory.saved_bytes_per_token(model, ids) - without
+    adapted = len(decoder_linears(small_llama))
+    assert 0 < extra <= adapted * 8 * 4  # one r-wide fp32 vector per adapted layer (the group mean beta scales)
 
 
 @pytest.mark.parametrize("elastic", [False, True])
