@@ -25,12 +25,13 @@ import subprocess
 import sys
 import tempfile
 import threading
+from dataclasses import fields
 from pathlib import Path
 
 import yaml
 
 from llmq_core.errors import LlmqError
-from llmq_core.config import RunConfig, parse_group_size
+from llmq_core.config import RunConfig
 from llmq_core.methods import METHODS, get_method
 from llmq_core.results import ResultStore
 
@@ -39,9 +40,7 @@ NOTEBOOKS = ROOT / "notebooks"
 SUMMARY = NOTEBOOKS / "summary.ipynb"
 DEFAULT_SWEEP = ROOT / "sweeps" / "quick.yaml"
 GPU_SWEEP = ROOT / "sweeps" / "full.yaml"  # the default with --device cuda: the quick sweep's limits are for CPUs
-SINGLE_CONFIG_FLAGS = ("method", "wbits", "abits", "group_size", "model", "data", "datasets", "tasks", "limit",
-                       "mmlu_limit", "ppl_windows", "seqlen", "device", "batch_size", "calibration", "nsamples",
-                       "calib_seqlen")
+CONFIG_FIELDS = {field.name for field in fields(RunConfig)}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -111,9 +110,8 @@ def gpu_ids(count: int) -> list[str]:
 
 def plan(args: argparse.Namespace) -> tuple[str, list[RunConfig]]:
     """The configurations to run: a sweep, with command-line flags overriding its values."""
-    overrides = {k: getattr(args, k) for k in SINGLE_CONFIG_FLAGS if getattr(args, k) is not None}
-    if "group_size" in overrides:
-        overrides["group_size"] = parse_group_size(overrides["group_size"])
+    # a flag named like a RunConfig field sets that field, in every configuration of the sweep
+    overrides = {name: value for name, value in vars(args).items() if name in CONFIG_FIELDS and value is not None}
     if "data" in overrides and "datasets" not in overrides:
         overrides["datasets"] = None  # the new data source's own three texts
     sweep = args.sweep or (GPU_SWEEP if (args.device or "").startswith("cuda") else DEFAULT_SWEEP)
@@ -164,18 +162,14 @@ def execute(notebook: Path, output: Path, parameters: dict, gpu: str | None = No
         raise RuntimeError(lines[-1] if lines else f"papermill exited with {done.returncode}")
 
 
-def notebook_parameters(config: RunConfig, force: bool) -> dict:
-    """What the notebook's `parameters` cell receives; calibration and options only where the method has them."""
+def notebook_parameters(config: RunConfig, notebook: Path, force: bool) -> dict:
+    """What the notebook's `parameters` cell receives: this configuration's value of every parameter the cell
+    declares (papermill reads their names), so that its `RunConfig.from_params` rebuilds this same configuration."""
+    import papermill
+
     values = config.to_dict()
-    names = ["model", "wbits", "abits", "group_size", "symmetric", "data", "datasets", "tasks", "limit",
-             "ppl_windows", "seqlen", "device", "seed", "batch_size"]
-    if config.needs_calibration:
-        names += ["calibration", "nsamples", "calib_seqlen"]
-    if "mmlu" in config.tasks:
-        names.append("mmlu_limit")
-    if get_method(config.method).option_defaults():  # always, so that a notebook's own default options never leak in
-        names.append("options")
-    return {**{k: values[k] for k in names}, "force": force}
+    return {**{name: values[name] for name in papermill.inspect_notebook(str(notebook)) if name in values},
+            "force": force}
 
 
 def run_configs(configs: list[RunConfig], runs: Path, force: bool, jobs: int = 1,
@@ -206,8 +200,9 @@ def run_configs(configs: list[RunConfig], runs: Path, force: bool, jobs: int = 1
             except queue.Empty:
                 return
             try:
-                execute(NOTEBOOKS / get_method(config.method).notebook, runs / f"{run_slug(config)}.ipynb",
-                        notebook_parameters(config, force), gpu)
+                notebook = NOTEBOOKS / get_method(config.method).notebook
+                execute(notebook, runs / f"{run_slug(config)}.ipynb", notebook_parameters(config, notebook, force),
+                        gpu)
                 error = None
             except Exception as exception:
                 error = str(exception).strip().splitlines()[-1] if str(exception).strip() else repr(exception)

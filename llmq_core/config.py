@@ -1,13 +1,15 @@
 """One configuration of the study: what to quantize, how, and what to score it on.
 
-`run_all.py` builds a `RunConfig` from a sweep's YAML and the command line and hands its fields to a notebook,
-which builds the same `RunConfig` from its parameters cell. `validate()` finds bad input before any compute;
-`record_key(target)` is the results-store key of one number.
+`run_all.py` builds a `RunConfig` from a sweep's YAML and the command line and hands a notebook the value of each
+parameter its parameters cell declares; the notebook reads them back, once, with `RunConfig.from_params`, into the
+same configuration. `validate()` finds bad input before any compute; `record_key(target)` is the results-store key
+of one number.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
@@ -78,6 +80,16 @@ class RunConfig:
             self.calibration = "enwiki-excerpt" if self.data == "offline" else "wikitext2"
         if self.calib_seqlen is None:
             self.calib_seqlen = self.seqlen
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], method: str) -> RunConfig:
+        """The configuration of a notebook's parameters as papermill leaves them (the cell's defaults, then what
+        run_all.py injected): the value of each name that is a field here; nothing else in `params` is read."""
+        values = {f.name: params[f.name] for f in fields(cls) if f.name != "method" and f.name in params}
+        if not isinstance(values.get("model", ""), str):
+            raise LlmqError("model is no longer a model's name (a later cell bound it to the loaded model): run the "
+                            "parameters cell again, then this one")
+        return cls(method=method, **values)
 
     @property
     def needs_calibration(self) -> bool:

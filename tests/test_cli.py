@@ -1,14 +1,21 @@
 """run_all.py's command line: bad input ends with one line that says how to fix it, never a traceback."""
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
 
+import papermill
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import run_all  # noqa: E402
+
+
+def notebook_of(method: str) -> Path:
+    return run_all.NOTEBOOKS / run_all.get_method(method).notebook
 
 
 @pytest.mark.parametrize("args, message", [
@@ -52,11 +59,35 @@ def empty_store(tmp_path, monkeypatch):
 
 
 def test_calibration_and_options_reach_only_the_notebooks_that_take_them(cached_model):
-    rtn = run_all.notebook_parameters(run_all.RunConfig(method="rtn", wbits=4), force=False)
+    rtn = run_all.notebook_parameters(run_all.RunConfig(method="rtn", wbits=4), notebook_of("rtn"), force=False)
     gptq = run_all.notebook_parameters(run_all.RunConfig(method="gptq", wbits=4, nsamples=16,
-                                                         options={"act_order": True}), force=False)
+                                                         options={"act_order": True}), notebook_of("gptq"), force=False)
     assert "nsamples" not in rtn and "options" not in rtn
     assert gptq["nsamples"] == 16 and gptq["calibration"] == "enwiki-excerpt" and gptq["options"] == {"act_order": True}
+
+
+@pytest.mark.parametrize("sweep", ["quick.yaml", "full.yaml", "paper-llama3-8b.yaml", "paper-llama3-70b.yaml"])
+def test_a_notebook_rebuilds_the_very_configuration_run_all_planned(sweep):
+    """papermill leaves the parameters cell's defaults overwritten by what run_all injected; the notebook's
+    RunConfig.from_params reads that namespace back into the same configuration: every field the notebook has, and
+    the same record key for each target (a field it lacks, such as FP16's calibration, is in none of them)."""
+    spec = yaml.safe_load((ROOT / "sweeps" / sweep).read_text())
+    for entry in spec["configs"]:
+        config = run_all.RunConfig(**{**spec["defaults"], **entry})
+        notebook = notebook_of(config.method)
+        namespace = {name: ast.literal_eval(parameter["default"])
+                     for name, parameter in papermill.inspect_notebook(str(notebook)).items()}
+        namespace.update(run_all.notebook_parameters(config, notebook, force=False))
+        rebuilt = run_all.RunConfig.from_params(namespace, method=config.method)
+        name = run_all.run_slug(config)
+        assert all(getattr(rebuilt, field) == getattr(config, field) for field in namespace if field != "force"), name
+        assert rebuilt.targets() == config.targets(), name
+        assert [rebuilt.record_key(t) for t in rebuilt.targets()] == [config.record_key(t) for t in config.targets()]
+
+
+def test_a_model_bound_by_a_later_cell_is_a_clear_error():
+    with pytest.raises(run_all.LlmqError, match="run the parameters cell again"):
+        run_all.RunConfig.from_params({"model": object(), "wbits": 4}, method="rtn")
 
 
 def test_an_unknown_option_is_a_clear_error(cached_model, capsys):

@@ -3,25 +3,22 @@ and the LoRA-FT table."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from llmq_core.errors import LlmqError
 from llmq_core.config import RunConfig
+from llmq_core.lora.qlora import lora_ft_counterparts
 from llmq_core.lora.pipeline import prepare_and_finetune
 from llmq_core.quantize import quantize_model
-from llmq_core.methods import METHODS
 from llmq_core.report import lora_ft_table, ptq_table
 
+ROOT = Path(__file__).resolve().parent.parent
 TASKS = ["piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande"]
-
-
-def test_both_methods_are_registered_in_the_lora_ft_track_at_4_3_and_2_bits():
-    for name in ("qlora", "irqlora"):
-        assert METHODS[name].track == "lora_ft" and METHODS[name].wbits == (4, 3, 2)
-        assert METHODS[name].option_defaults()["rank"] == 64 and METHODS[name].option_defaults()["alpha"] == 16
-    assert METHODS["irqlora"].option_defaults()["tau_n"] == 100 and METHODS["irqlora"].option_defaults()["blocksize2"] == 256
 
 
 def test_a_lora_ft_configuration_is_scored_on_mmlu_with_its_own_limit():
@@ -142,3 +139,14 @@ def test_a_configuration_measured_on_two_gpus_is_one_row_that_names_both():
     table = lora_ft_table(records)
     assert list(table["device"]) == ["NVIDIA H100 + NVIDIA H200, float32", "cpu (x86_64, 2 threads), float32"]
     assert table.loc[0, "mmlu_avg"] == pytest.approx(25) and table.loc[0, "avg"] == pytest.approx(50)
+
+
+@pytest.mark.parametrize("sweep", ["quick", "full", "paper-llama3-8b"])
+def test_each_lora_ft_row_of_a_sweep_has_its_normalfloat_and_qlora_rows_in_the_same_sweep(sweep):
+    entries = yaml.safe_load((ROOT / "sweeps" / f"{sweep}.yaml").read_text())["configs"]
+    rows = [(entry["method"], entry.get("wbits"), entry.get("options", {})) for entry in entries]
+    lora_ft_rows = [row for row in rows if row[0] in ("qlora", "irqlora")]
+    assert any(row[0] == "irqlora" for row in lora_ft_rows)
+    for _, wbits, options in lora_ft_rows:
+        for counterpart in lora_ft_counterparts(options).values():
+            assert ("qlora", wbits, counterpart) in rows

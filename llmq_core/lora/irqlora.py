@@ -44,6 +44,7 @@ class IRQLoRAOptions(FinetuneOptions):
     tau_n: int = 100  # candidates on each side
     blocksize2: int = 256  # the stored taus' 8-bit blocks
 
+
 SIGMA = 1 / float(torch.special.ndtri(torch.tensor(0.9677083, dtype=torch.float64)))
 BLOCKS_PER_CHUNK = 2048  # blocks searched at once, with all their candidates: ~60 MB
 

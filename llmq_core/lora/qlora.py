@@ -13,8 +13,8 @@ dropout 0.05. The NormalFloat row of the paper's table is this method with steps
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, fields
+from typing import Any, Literal
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -38,6 +38,14 @@ class FinetuneOptions:
     source_max_len: int = 384  # prompts cut to this many tokens
     target_max_len: int = 128  # responses cut to this many tokens
     instructions: Literal[INSTRUCTION_SOURCES] = "sharegpt"
+
+
+def lora_ft_counterparts(options: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The options of the rows a LoRA-FT row is read against: the NormalFloat base (no step, named with the same
+    instruction set, as the sweeps do) and QLoRA with the same fine-tune (the options less IR-QLoRA's own)."""
+    base = {"steps": 0, **({"instructions": options["instructions"]} if "instructions" in options else {})}
+    finetune = {k: v for k, v in options.items() if k in {field.name for field in fields(FinetuneOptions)}}
+    return {"NormalFloat": base, "QLoRA": finetune}
 
 
 @dataclass
