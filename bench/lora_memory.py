@@ -52,10 +52,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
-    tokens = torch.randint(0, 1000, (args.batch, args.length), generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 1000, (args.batch, args.length), generator=generator).to(args.device)
     # ICQ's search width does not change what a step saves; 2 candidates a side keep the setup short
     settings = {"qlora": {}, "irqlora": {"tau_n": 2}}
-    tokens = tokens.to(args.device)
     per_token, peak = {}, {}
     for name, options in settings.items():
         model, _, _ = get_method(name).quantize(args.model, QuantSpec(4, 16, None, False, options), args.device,

@@ -44,7 +44,8 @@ def lora_ft_counterparts(options: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The options of the rows a LoRA-FT row is read against: the NormalFloat base (no step, named with the same
     instruction set, as the sweeps do) and QLoRA with the same fine-tune (the options less IR-QLoRA's own)."""
     base = {"steps": 0, **({"instructions": options["instructions"]} if "instructions" in options else {})}
-    finetune = {k: v for k, v in options.items() if k in {field.name for field in fields(FinetuneOptions)}}
+    finetune_names = {field.name for field in fields(FinetuneOptions)}
+    finetune = {k: v for k, v in options.items() if k in finetune_names}
     return {"NormalFloat": base, "QLoRA": finetune}
 
 
