@@ -1,5 +1,7 @@
+import re
 from pathlib import Path
 
+import nbformat
 import tomllib
 import yaml
 
@@ -36,3 +38,16 @@ def test_sweeps_name_registered_methods_and_valid_settings():
         for entry in spec["configs"]:
             config = RunConfig(**{**spec["defaults"], **entry})
             check_spec(get_method(config.method), config.spec)
+
+
+def test_no_notebook_carries_its_demonstration_inputs_into_the_whole_model_run():
+    # the calibration inputs a notebook shows one layer on are 15 GB in fp32 at LLaMA-3-8B's down_proj and 128 x 2048
+    # tokens; kept, the quantization and the evaluation carry them (the 8B rehearsal's GPTQ/PB-LLM/QuIP/BiLLM rows did)
+    for path in sorted((ROOT / "notebooks").glob("*/*.ipynb")):
+        cells = [cell.source for cell in nbformat.read(path, as_version=4).cells if cell.cell_type == "code"]
+        run = next((i for i, source in enumerate(cells) if "quantize_model(model" in source), None)
+        held = {match.group(1) for source in cells[:run] for match in
+                re.finditer(r"^(\w+) = linear_calibration_inputs\(", source, re.MULTILINE)}
+        freed = {name.strip() for source in cells[:run] for line in source.splitlines() if line.startswith("del ")
+                 for name in line[4:].split(",")}
+        assert held <= freed, f"{path.name}: del {', '.join(sorted(held - freed))} before the whole model is quantized"
