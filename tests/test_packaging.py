@@ -51,3 +51,13 @@ def test_no_notebook_carries_its_demonstration_inputs_into_the_whole_model_run()
         freed = {name.strip() for source in cells[:run] for line in source.splitlines() if line.startswith("del ")
                  for name in line[4:].split(",")}
         assert held <= freed, f"{path.name}: del {', '.join(sorted(held - freed))} before the whole model is quantized"
+
+
+def test_the_readme_layout_names_every_module_and_bench():
+    readme = (ROOT / "README.md").read_text()
+    layout = readme[readme.index("## Layout"):readme.index("\n## ", readme.index("## Layout"))]
+    files = [*(ROOT / "llmq_core").rglob("*.py"), *(ROOT / "bench").glob("*.py"), *(ROOT / "bench").glob("*.sh"),
+             *(ROOT / "bench").glob("*.yaml"), *(ROOT / "sweeps").glob("*.yaml")]
+    missing = sorted(str(path.relative_to(ROOT)) for path in files
+                     if path.name != "__init__.py" and path.name not in layout)
+    assert not missing, f"README's Layout does not name {missing}"
