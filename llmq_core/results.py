@@ -35,7 +35,10 @@ import torch
 from llmq_core.errors import LlmqError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-VERSIONED_PACKAGES = ("torch", "transformers", "lm_eval", "datasets", "peft", "bitsandbytes")
+# numpy and gguf make the embedded model's weights from its GGUF, tokenizers its token ids: a record's perplexity can
+# move in its 5th digit with any of them, so each is kept beside the frameworks
+VERSIONED_PACKAGES = ("torch", "transformers", "lm_eval", "datasets", "peft", "bitsandbytes", "numpy", "gguf",
+                      "tokenizers", "safetensors")
 
 
 def results_dir() -> Path:
