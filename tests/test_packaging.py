@@ -40,9 +40,9 @@ def test_sweeps_name_registered_methods_and_valid_settings():
             check_spec(get_method(config.method), config.spec)
 
 
-def test_no_notebook_carries_its_demonstration_inputs_into_the_whole_model_run():
+def test_no_notebook_keeps_its_demonstration_inputs_through_the_whole_model_run():
     # the calibration inputs a notebook shows one layer on are 15 GB in fp32 at LLaMA-3-8B's down_proj and 128 x 2048
-    # tokens; kept, the quantization and the evaluation carry them (the 8B rehearsal's GPTQ/PB-LLM/QuIP/BiLLM rows did)
+    # tokens; kept, the quantization and the evaluation hold them (the 8B rehearsal's GPTQ/PB-LLM/QuIP/BiLLM rows did)
     for path in sorted((ROOT / "notebooks").glob("*/*.ipynb")):
         cells = [cell.source for cell in nbformat.read(path, as_version=4).cells if cell.cell_type == "code"]
         run = next((i for i, source in enumerate(cells) if "quantize_model(model" in source), None)
