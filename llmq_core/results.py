@@ -3,8 +3,8 @@
 A record's key is (model, method, wbits, abits, group_size, options, data source, target,
 limit, seqlen, seed), where the target is a perplexity text or a zero-shot task. Asking for
 the same key again reuses the record, so a killed sweep resumes where it stopped.
-A record also keeps how it was obtained: wall time, peak memory, device, package versions
-and the git commit.
+A record also keeps how it was obtained: wall time, peak memory, device (on a CPU its model and kernel set),
+package versions with a digest of every installed distribution's, and the git commit.
 
     results/<model>/<method>/<target>--<short hash of the key>.json
 
@@ -64,10 +64,21 @@ def key_hash(key: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def device_name(device: str) -> str:
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    # the model and ATen's vector kernels (AVX2, AVX512...): two CPUs can round the same sums differently
+    return f"cpu ({cpu_model()}, {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads)"
 
 
 def git_commit() -> str:
@@ -91,6 +102,9 @@ def package_versions() -> dict[str, str]:
             versions[name] = metadata.version(name.replace("_", "-"))
         except metadata.PackageNotFoundError:
             pass
+    # every other installed distribution, as one digest: two records with equal digests came from the same install
+    installed = sorted({f"{dist.metadata['Name']}=={dist.version}" for dist in metadata.distributions()})
+    versions["installed_sha256"] = hashlib.sha256("\n".join(installed).encode()).hexdigest()[:16]
     return versions
 
 

@@ -23,6 +23,21 @@ def test_put_get_roundtrip_with_provenance(tmp_path):
     assert "torch" in record["versions"]
 
 
+def test_a_cpu_record_names_the_kernels_and_the_whole_install(tmp_path, monkeypatch):
+    import torch
+    from importlib import metadata
+    from llmq_core import results
+    store = ResultStore(tmp_path)
+    store.put(key(), {"acc": 0.5}, wall_time_s=1, device="cpu")
+    record = store.get(key())
+    assert f"{torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads" in record["device"]
+    # one more installed distribution changes the digest
+    extra = type("Dist", (), {"metadata": {"Name": "some-plugin"}, "version": "1.0"})()
+    installed = list(metadata.distributions())
+    monkeypatch.setattr(metadata, "distributions", lambda: [*installed, extra])
+    assert results.package_versions()["installed_sha256"] != record["versions"]["installed_sha256"]
+
+
 def test_never_silently_overwritten(tmp_path):
     store = ResultStore(tmp_path)
     store.put(key(), {"acc": 0.5}, wall_time_s=1, device="cpu")
