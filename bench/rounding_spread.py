@@ -5,7 +5,7 @@ install and the same calibration windows, computed once with each of ATen's vect
 
 Each (configuration, kernel set) runs in a process of its own with ATEN_CPU_CAPABILITY set ("default" is ATen's
 scalar code; avx2 and avx512 where the CPU has them) and --threads threads. The kernel sets differ only in the
-order in which elementwise ops and reductions round, so FP16's numbers move in their 7th or 8th digit. A
+order in which elementwise ops and reductions round, so FP16's numbers move in their 5th or 6th digit. A
 method that feeds each rounding decision forward (GPTQ's error feedback, a search over candidates) can turn that
 into a different quantized model. The table prints each number under each kernel set and its spread, the
 largest over the smallest minus one; the last column is that spread over FP16's on the same target.

@@ -104,3 +104,15 @@ def test_the_column_loop_bench_finds_the_same_weights_before_and_after(capsys):
     gptq_columns.main(["--rows", "64", "--cols", "192"])
     rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.endswith("e+00") or "e-" in line]
     assert len(rows) == 5 and all(row[-1] == "0.00e+00" for row in rows)  # 3 GPTQ settings, PB-LLM, QuIP
+
+
+def test_the_rounding_bench_runs_each_kernel_set_in_its_own_process(capsys):
+    import torch
+    import rounding_spread
+    kernels = rounding_spread.kernel_sets()
+    assert kernels[0] == "default" and kernels[-1] == torch.backends.cpu.get_cpu_capability().lower()
+    rounding_spread.main(["--methods", "fp16", "--targets", "ptb", "--jobs", "2"])
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| fp16 w16a16 | ptb |"))
+    values = [float(cell) for cell in row.split("|")[3:3 + len(kernels)]]
+    # each child ran the kernels it was given (run_child checks), and they agree to rounding
+    assert len(values) == len(kernels) and max(values) / min(values) - 1 < 1e-4
