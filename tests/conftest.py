@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -19,6 +19,23 @@ def tiny_llama() -> LlamaForCausalLM:
                          num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=256,
                          tie_word_embeddings=True)
     return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture
+def tiny_gemma3() -> Gemma3ForCausalLM:
+    """Gemma-3's block layout: sliding-window blocks (window 8) and a global one (block 1), norms around the attention
+    and the MLP, (1 + weight) gains set away from 0, GQA 4/2 heads; random weights."""
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                              num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=8,
+                              layer_types=["sliding_attention", "full_attention", "sliding_attention", "sliding_attention"],
+                              max_position_embeddings=256, query_pre_attn_scalar=16)
+    model = Gemma3ForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("norm.weight"):  # zeros at initialisation: a gain of exactly 1 would hide the offset
+                parameter.uniform_(-0.5, 0.5)
+    return model
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from llmq_core.methods import QuantSpec
-from llmq_core.quant.awq import LLAMA_GROUPS, column_groups, output_mse, quantize_awq, search_clipping, search_scales
+from llmq_core.quant.awq import column_groups, scale_groups, output_mse, quantize_awq, search_clipping, search_scales
 from llmq_core.quant.layerwise import block_linears, capture_block_inputs, fold_scales, forward_in_chunks, linear_inputs
 from llmq_core.quant.primitives import quantize_weight_groupwise
 from llmq_core.quant.rtn import quantize_rtn
@@ -16,18 +16,20 @@ from tests.test_smoothquant import with_outlier_channels
 def block_features(model, windows):
     """Block 0, its inputs and kwargs, and the inputs of each group's first Linear."""
     inputs, kwargs = capture_block_inputs(model, windows)
-    block = model.model.layers[0]
-    seen = {group.linears[0]: [] for group in LLAMA_GROUPS}
+    block, kwargs = model.model.layers[0], kwargs[0]
+    seen = {group.linears[0]: [] for group in scale_groups(block)}
     with linear_inputs({name: block_linears(block)[name] for name in seen}, lambda name, x: seen[name].append(x)):
         forward_in_chunks(block, inputs, kwargs)
     return block, inputs, kwargs, {name: torch.cat(x).view(*inputs.shape[:2], -1) for name, x in seen.items()}
 
 
-@pytest.mark.parametrize("group", LLAMA_GROUPS, ids=lambda g: g.inspect)
-def test_applied_scales_reproduce_the_searched_error_which_is_at_most_rtns(tiny_llama, group):
-    model = with_outlier_channels(tiny_llama)
+@pytest.mark.parametrize("architecture", ["tiny_llama", "tiny_gemma3"])
+@pytest.mark.parametrize("group_index", range(4), ids=["self_attn", "o_proj", "mlp", "down_proj"])
+def test_applied_scales_reproduce_the_searched_error_which_is_at_most_rtns(architecture, group_index, request):
+    model = with_outlier_channels(request.getfixturevalue(architecture))
     windows = torch.randint(0, 128, (4, 32), generator=torch.Generator().manual_seed(0))
     block, inputs, kwargs, features = block_features(model, windows)
+    group = scale_groups(block)[group_index]
     modules = dict(block.named_modules())
     linears = [modules[name] for name in group.linears]
     module_kwargs = kwargs if group.inspect == "self_attn" else {}
@@ -75,11 +77,11 @@ def test_awq_block_output_error_is_below_rtns(cached_model):
         model, _ = load_model("smollm2-135m")
         model.model.layers = model.model.layers[:2]
         inputs, kwargs = capture_block_inputs(model, windows)
-        reference = forward_in_chunks(model.model.layers[1], forward_in_chunks(model.model.layers[0], inputs, kwargs),
-                                      kwargs)
+        reference = forward_in_chunks(model.model.layers[1],
+                                      forward_in_chunks(model.model.layers[0], inputs, kwargs[0]), kwargs[1])
         quantize(model, QuantSpec(3, group_size=128), windows)
-        outputs = forward_in_chunks(model.model.layers[1], forward_in_chunks(model.model.layers[0], inputs, kwargs),
-                                    kwargs)
+        outputs = forward_in_chunks(model.model.layers[1],
+                                    forward_in_chunks(model.model.layers[0], inputs, kwargs[0]), kwargs[1])
         errors[name] = float((outputs - reference).pow(2).mean())
     assert errors["awq"] < 0.8 * errors["rtn"]
 
@@ -89,7 +91,7 @@ def test_awq_on_a_model_keeps_the_grid_and_beats_rtn(tiny_llama):
     windows = torch.randint(0, 128, (8, 32), generator=torch.Generator().manual_seed(0))
     rtn_error, _, _ = quantized_copy_logit_error(model, quantize_rtn, QuantSpec(3, group_size=64), windows)
     awq_error, report, quantized = quantized_copy_logit_error(model, quantize_awq, QuantSpec(3, group_size=64), windows)
-    assert report["quantized_linears"] == 14 and set(report["awq_mean_alpha"]) == {g.inspect for g in LLAMA_GROUPS}
+    assert report["quantized_linears"] == 14 and set(report["awq_mean_alpha"]) == {"self_attn", "self_attn.o_proj", "mlp", "mlp.down_proj"}
     for row in quantized.model.layers[0].mlp.gate_proj.weight:  # hidden 96 = 64 + a last group of 32
         assert row[:64].unique().numel() <= 8 and row[64:].unique().numel() <= 8
     assert awq_error < rtn_error

@@ -87,13 +87,18 @@ def test_gptq_on_a_model_beats_rtn_on_the_calibration_data(tiny_llama, options):
     assert gptq_error < rtn_error
 
 
-def test_block_inputs_reproduce_the_model_hidden_states(tiny_llama):
-    windows = torch.randint(0, 128, (3, 16))
-    inputs, kwargs = capture_block_inputs(tiny_llama, windows)
-    outputs = run_block(tiny_llama.model.layers[0], inputs, kwargs)
-    hidden = tiny_llama(windows, output_hidden_states=True).hidden_states
+@pytest.mark.parametrize("architecture", ["tiny_llama", "tiny_gemma3"])
+def test_block_inputs_reproduce_the_model_hidden_states(architecture, request):
+    """Every block, run on the captured inputs with its own keyword arguments, gives the model's hidden states:
+    Gemma-3's sliding-window blocks and its global one each get their own mask and rotary tables."""
+    model = request.getfixturevalue(architecture)
+    windows = torch.randint(0, 128, (3, 24))
+    inputs, kwargs = capture_block_inputs(model, windows)
+    hidden = model(windows, output_hidden_states=True).hidden_states
     assert torch.allclose(inputs, hidden[0], atol=1e-6)
-    assert torch.allclose(outputs, hidden[1], atol=1e-5)
+    for index, block in enumerate(model.model.layers[:-1]):  # the last hidden state is after the final norm
+        inputs = run_block(block, inputs, kwargs[index])
+        assert torch.allclose(inputs, hidden[index + 1], atol=1e-5), f"block {index}"
 
 
 def test_the_running_hessian_is_2_x_xT_over_all_tokens():

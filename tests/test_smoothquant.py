@@ -6,6 +6,7 @@ import torch
 
 from llmq_core.errors import LlmqError
 from llmq_core.methods import QuantSpec, check_spec, get_method
+from llmq_core.models import mlp_input_norm, norm_gain_offset
 from llmq_core.quant.primitives import quantize_symmetric_absmax
 from llmq_core.quant.smoothquant import ActivationQuantizedLinear, activation_maxima, quantize_smoothquant, smooth_model
 
@@ -13,15 +14,17 @@ from llmq_core.quant.smoothquant import ActivationQuantizedLinear, activation_ma
 def with_outlier_channels(model: torch.nn.Module) -> torch.nn.Module:
     """A few input channels 30x larger, as in trained LLMs (a random model has none to smooth)."""
     for block in model.model.layers:
-        for norm in (block.input_layernorm, block.post_attention_layernorm):
-            norm.weight.data[[3, 40, 77]] *= 30
+        for norm in (block.input_layernorm, block.get_submodule(mlp_input_norm(block))):
+            offset = norm_gain_offset(norm)  # scale the gain, which is 1 + weight in Gemma's norms
+            norm.weight.data[[3, 40, 57]] = (norm.weight.data[[3, 40, 57]] + offset) * 30 - offset
         block.self_attn.v_proj.weight.data[[5, 20]] *= 30  # o_proj's input, through the value heads
     return model
 
 
+@pytest.mark.parametrize("architecture", ["tiny_llama", "tiny_gemma3"])
 @pytest.mark.parametrize("smooth_o_proj", [True, False])
-def test_smoothing_leaves_the_full_precision_outputs_unchanged(tiny_llama, smooth_o_proj):
-    model = with_outlier_channels(tiny_llama)
+def test_smoothing_leaves_the_full_precision_outputs_unchanged(architecture, smooth_o_proj, request):
+    model = with_outlier_channels(request.getfixturevalue(architecture))
     windows = torch.randint(0, 128, (4, 32), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         reference = model(windows).logits

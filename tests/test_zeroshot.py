@@ -192,7 +192,7 @@ def test_continuation_scoring_computes_logits_only_where_continuations_are(tiny_
 
     model, tokenizer = tiny_llama
     shapes = []  # (input length, positions the head computed) of each forward
-    hook = model.lm_head.register_forward_hook(lambda module, args, output: shapes.append(output.shape[1]))
+    hook = model.lm_head.register_forward_hook(lambda module, args, output: shapes.append(output.shape[:-1].numel()))
     inputs = model.model.register_forward_pre_hook(
         lambda module, args, kwargs: shapes.append(kwargs["input_ids"].shape[1]), with_kwargs=True)
     try:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from llmq_core.models import compiled_blocks
+from llmq_core.models import compiled_blocks, head_logits
 
 # Positions whose logits are materialised at once, over all windows of a batch: a 128k vocabulary at
 # seqlen 2048 in fp32 would be a GB per window, and only the log-sum-exp and one entry per row are needed.
@@ -41,7 +41,7 @@ def perplexity(model: torch.nn.Module, token_ids: torch.Tensor, seqlen: int, max
     batch_size = batch_size or (GPU_BATCH_SIZE if on_gpu else 1)
     compile_blocks = on_gpu if compile_blocks is None else compile_blocks
     batches = token_ids[0, :windows * seqlen].view(windows, seqlen).split(batch_size)
-    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    decoder = model.get_decoder()
     total_nll = torch.zeros((), dtype=torch.float64, device=device)  # read back once, at the end: no sync a chunk
     with compiled_blocks(model) if compile_blocks else nullcontext():
         for batch in tqdm(batches, desc=f"perplexity ({windows}x{seqlen})", disable=not progress, leave=False):
@@ -50,7 +50,7 @@ def perplexity(model: torch.nn.Module, token_ids: torch.Tensor, seqlen: int, max
             hidden = decoder(input_ids=batch, use_cache=False).last_hidden_state[:, :-1].flatten(0, 1)
             targets = batch[:, 1:].flatten()
             for start in range(0, hidden.shape[0], LOGIT_CHUNK):
-                logits = head(hidden[start:start + LOGIT_CHUNK]).float()  # on the head's GPU, under device_map
+                logits = head_logits(model, hidden[start:start + LOGIT_CHUNK]).float()  # on the head's GPU, under device_map
                 chunk_targets = targets[start:start + LOGIT_CHUNK].to(logits.device)
                 total_nll += F.cross_entropy(logits, chunk_targets, reduction="sum").double().to(device)
     return math.exp(total_nll.item() / (windows * (seqlen - 1)))

@@ -31,7 +31,7 @@ import torch
 from tqdm import tqdm
 from transformers import PreTrainedModel
 
-from llmq_core.models import decoder_layers
+from llmq_core.models import decoder_layers, mlp_input_norm
 from llmq_core.quant.layerwise import (block_linears, block_on, capture_block_inputs, expand_to_inputs, fold_scales,
                                       forward_in_chunks, linear_inputs, tie_to_previous)
 from llmq_core.quant.primitives import fake_quantize, find_scale_zero, model_average_bits, quantize_weight_groupwise
@@ -50,13 +50,14 @@ class ScaleGroup:
     inspect: str
 
 
-# The reference's four groups for a Llama block.
-LLAMA_GROUPS = (
-    ScaleGroup("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "self_attn"),
-    ScaleGroup("self_attn.v_proj", ("self_attn.o_proj",), "self_attn.o_proj"),
-    ScaleGroup("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj"), "mlp"),
-    ScaleGroup("mlp.up_proj", ("mlp.down_proj",), "mlp.down_proj"),
-)
+def scale_groups(block: torch.nn.Module) -> tuple[ScaleGroup, ...]:
+    """The reference's four groups of a Llama block; in a Gemma block the MLP reads pre_feedforward_layernorm."""
+    return (
+        ScaleGroup("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "self_attn"),
+        ScaleGroup("self_attn.v_proj", ("self_attn.o_proj",), "self_attn.o_proj"),
+        ScaleGroup(mlp_input_norm(block), ("mlp.gate_proj", "mlp.up_proj"), "mlp"),
+        ScaleGroup("mlp.up_proj", ("mlp.down_proj",), "mlp.down_proj"),
+    )
 
 
 def output_mse(module: torch.nn.Module, inputs: torch.Tensor, kwargs: dict, reference: torch.Tensor) -> float:
@@ -121,30 +122,28 @@ def search_clipping(weight: torch.Tensor, inputs: torch.Tensor, bits: int, group
     return bounds
 
 
-# Each Linear's input is the input of its group's first Linear.
-INPUT_OF = {name: group.linears[0] for group in LLAMA_GROUPS for name in group.linears}
-
-
 @register_method("awq", wbits=range(2, 9), notebook="ptq/awq.ipynb", paper_name="AWQ", needs_calibration=True,
                  summary="activation-aware channel scaling and clipping, then round-to-nearest", offloads=True)
 @torch.no_grad()
 def quantize_awq(model: PreTrainedModel, spec: QuantSpec, calibration: torch.Tensor) -> dict:
     """Search scales and clipping block by block on full-precision activations, then round every Linear."""
-    bits, alphas, quantized = spec.grid_bits, {group.inspect: [] for group in LLAMA_GROUPS}, []
+    alphas = {group.inspect: [] for group in scale_groups(decoder_layers(model)[0])}
+    bits, quantized = spec.grid_bits, []
     inputs, block_kwargs = capture_block_inputs(model, calibration)
-    for held in tqdm(decoder_layers(model), desc="AWQ blocks", leave=False):
+    for index, held in enumerate(tqdm(decoder_layers(model), desc="AWQ blocks", leave=False)):
         with block_on(held, inputs.device) as block:
             linears, modules = block_linears(block), dict(block.named_modules())
-            head_dim = block.self_attn.head_dim
-            seen: dict[str, list[torch.Tensor]] = {group.linears[0]: [] for group in LLAMA_GROUPS}
+            head_dim, groups = block.self_attn.head_dim, scale_groups(block)
+            input_of = {name: group.linears[0] for group in groups for name in group.linears}  # a group shares one
+            seen: dict[str, list[torch.Tensor]] = {group.linears[0]: [] for group in groups}
             with linear_inputs({name: linears[name] for name in seen}, lambda name, x: seen[name].append(x)):
-                outputs = forward_in_chunks(block, inputs, block_kwargs)  # the next block sees full precision
+                outputs = forward_in_chunks(block, inputs, block_kwargs[index])  # the next block sees full precision
             features = {name: torch.cat(x).view(*inputs.shape[:2], -1) for name, x in seen.items()}
             searched = []
-            for group in LLAMA_GROUPS:  # every search on the unscaled block, as in the reference
+            for group in groups:  # every search on the unscaled block, as in the reference
                 group_linears = [linears[name] for name in group.linears]
                 scales, losses = search_scales(modules[group.inspect], group_linears, features[group.linears[0]],
-                                               block_kwargs if group.inspect == "self_attn" else {}, bits,
+                                               block_kwargs[index] if group.inspect == "self_attn" else {}, bits,
                                                spec.group_size, spec.symmetric, modules[group.previous].weight.shape[0],
                                                head_dim)
                 alphas[group.inspect].append(losses.index(min(losses)) / SCALE_GRID)
@@ -155,7 +154,7 @@ def quantize_awq(model: PreTrainedModel, spec: QuantSpec, calibration: torch.Ten
                 features[first] = features[first] / per_input.to(features[first].dtype)
             for name, linear in linears.items():
                 if not name.endswith(("q_proj", "k_proj")):  # their outputs meet in q k^T: no per-Linear target
-                    bounds = search_clipping(linear.weight, features[INPUT_OF[name]].reshape(-1, linear.in_features),
+                    bounds = search_clipping(linear.weight, features[input_of[name]].reshape(-1, linear.in_features),
                                              bits, spec.group_size, spec.symmetric)
                     linear.weight.data = linear.weight.float().clamp(-bounds, bounds).to(linear.weight.dtype)
                 linear.weight.data = quantize_weight_groupwise(linear.weight, bits, spec.group_size, spec.symmetric)

@@ -95,8 +95,8 @@ def quantize_block_by_block(model: PreTrainedModel, calibration: torch.Tensor,
             groups = input_groups(linears)
             # true_sequential: calibrate each group on the outputs of the groups already quantized
             for stage in ([[group] for group in groups] if true_sequential else [groups]):
-                hessians = block_hessians(block, linears, stage, inputs, block_kwargs)
+                hessians = block_hessians(block, linears, stage, inputs, block_kwargs[index])
                 for group in stage:
                     for name in group:
                         quantize_linear(f"layers.{index}.{name}", linears[name], hessians[group[0]])
-            inputs = run_block(block, inputs, block_kwargs)
+            inputs = run_block(block, inputs, block_kwargs[index])

@@ -20,11 +20,26 @@ from typing import Any, Callable, Iterator
 import torch
 from transformers import PreTrainedModel
 
-from llmq_core.models import compute_device, decoder_layers
+from llmq_core.models import compute_device, decoder_layers, norm_gain_offset
 
 
 class _StopForward(Exception):
-    """Raised by the hook on block 0 once its inputs are captured: the rest of the model is not needed."""
+    """Raised once a window's inputs are captured: the rest of the model (its norm, the LM head) is not needed."""
+
+
+class _BlockInputRecorder(torch.nn.Module):
+    """Stands in for a decoder block while the inputs are captured: records what the block would receive and
+    passes the hidden states on unchanged, so that no block computes anything."""
+
+    def __init__(self, block: torch.nn.Module, record: Callable[[torch.Tensor, dict[str, Any]], None]):
+        super().__init__()
+        self.record = record
+        # some decoders pick a block's mask and rotary tables by this attribute (Qwen2 in transformers 4)
+        self.attention_type = getattr(block, "attention_type", None)
+
+    def forward(self, hidden_states: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        self.record(hidden_states, kwargs)
+        return hidden_states
 
 
 def home_device(module: torch.nn.Module) -> torch.device | None:
@@ -44,39 +59,46 @@ def block_on(module: torch.nn.Module, device: torch.device) -> Iterator[torch.nn
 
 
 @torch.no_grad()
-def capture_block_inputs(model: PreTrainedModel, windows: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Hidden states (n, seqlen, hidden) entering block 0 for each window, and the block's keyword arguments,
+def capture_block_inputs(model: PreTrainedModel, windows: torch.Tensor
+                         ) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    """Hidden states (n, seqlen, hidden) entering block 0 for each window, and each block's keyword arguments,
     computed on the model's compute device: for an offloaded model, what surrounds the blocks (the embedding,
     the rotary tables) is brought there for this, so that its blocks see what they would see on it.
 
-    The keyword arguments (causal mask, position embeddings) are the same for every window of
-    one length, so those of the first window serve all of them.
+    The keyword arguments (causal mask, position embeddings) are the same for every window of one length, so
+    those of the first window serve all of them. They are per block because they can differ between blocks:
+    Gemma-3 alternates sliding-window blocks (a banded mask, local rotary tables) with global ones.
     """
     device, blocks = compute_device(model), decoder_layers(model)
     around_blocks = [child for child in model.get_decoder().children() if child is not blocks and home_device(child)]
-    first = blocks[0]
     captured: list[torch.Tensor] = []
-    block_kwargs: dict[str, Any] = {}
+    block_kwargs: list[dict[str, Any]] = [{} for _ in blocks]
+    real_blocks = list(blocks)
 
-    def grab(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-        hidden = args[0] if args else kwargs["hidden_states"]
-        captured.append(hidden)
-        if not block_kwargs:
-            block_kwargs.update({k: v for k, v in kwargs.items() if k != "hidden_states"})
-        raise _StopForward
+    def recorder(index: int) -> _BlockInputRecorder:
+        def record(hidden: torch.Tensor, kwargs: dict[str, Any]) -> None:
+            if index == 0:
+                captured.append(hidden)
+            if not block_kwargs[-1]:  # the first window: every block's arguments, then stop before the LM head
+                block_kwargs[index].update(kwargs)
+            if index == len(blocks) - 1 or block_kwargs[-1]:
+                raise _StopForward
+        return _BlockInputRecorder(real_blocks[index], record)
 
-    handle = first.register_forward_pre_hook(grab, with_kwargs=True)
     with ExitStack() as held:
         for child in around_blocks:
             held.enter_context(block_on(child, device))
         try:
+            for index in range(len(blocks)):
+                blocks[index] = recorder(index)
             for window in windows:
                 try:
                     model(window.unsqueeze(0).to(device), use_cache=False)
                 except _StopForward:
                     pass
         finally:
-            handle.remove()
+            for index, block in enumerate(real_blocks):
+                blocks[index] = block
     return torch.cat(captured), block_kwargs
 
 
@@ -128,12 +150,12 @@ def linear_calibration_inputs(model: PreTrainedModel, windows: torch.Tensor, blo
     """The inputs (tokens, in_features) that one Linear of one block sees on the calibration windows,
     with the model as it is: for a worked example on a single layer."""
     inputs, block_kwargs = capture_block_inputs(model, windows)
-    for block in decoder_layers(model)[:block_index]:
-        inputs = run_block(block, inputs, block_kwargs)
+    for index, block in enumerate(decoder_layers(model)[:block_index]):
+        inputs = run_block(block, inputs, block_kwargs[index])
     block = decoder_layers(model)[block_index]
     seen: list[torch.Tensor] = []
     with linear_inputs({name: block_linears(block)[name]}, lambda _, x: seen.append(x)):
-        run_block(block, inputs, block_kwargs)
+        run_block(block, inputs, block_kwargs[block_index])
     return torch.cat(seen)
 
 
@@ -165,8 +187,9 @@ def fold_scales(previous: torch.nn.Module, linears: list[torch.nn.Linear], scale
     per_input = expand_to_inputs(scales, linears[0].in_features, head_dim)
     if isinstance(previous, torch.nn.Linear):  # its output rows
         previous.weight.data = (previous.weight.float() / scales[:, None]).to(previous.weight.dtype)
-    else:  # an RMSNorm's elementwise weight
-        previous.weight.data = (previous.weight.float() / scales).to(previous.weight.dtype)
+    else:  # an RMSNorm's elementwise gain: its weight (Llama), or 1 + its weight (Gemma)
+        offset = norm_gain_offset(previous)
+        previous.weight.data = ((previous.weight.float() + offset) / scales - offset).to(previous.weight.dtype)
     for linear in linears:
         linear.weight.data = (linear.weight.float() * per_input).to(linear.weight.dtype)
     return per_input

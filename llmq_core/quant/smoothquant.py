@@ -31,14 +31,18 @@ import torch.nn.functional as F
 from tqdm import tqdm
 from transformers import PreTrainedModel
 
-from llmq_core.models import decoder_layers, decoder_linears
+from llmq_core.models import decoder_layers, decoder_linears, mlp_input_norm
 from llmq_core.quant.layerwise import fold_scales, linear_inputs, tie_to_previous
 from llmq_core.quant.primitives import quantize_symmetric_absmax
 from llmq_core.registry import QuantSpec, register_method
 
 # (op before, the Linears reading its output) in a Llama block
-SMOOTH_GROUPS = [("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
-                 ("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj"))]
+def smooth_groups(block: torch.nn.Module) -> list[tuple[str, tuple[str, ...]]]:
+    """The reference's two norm-fed groups of a Llama block; in a Gemma block the MLP reads pre_feedforward_layernorm."""
+    return [("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+            (mlp_input_norm(block), ("mlp.gate_proj", "mlp.up_proj"))]
+
+
 O_PROJ_GROUP = ("self_attn.v_proj", ("self_attn.o_proj",))
 
 
@@ -96,10 +100,9 @@ def smooth_model(model: PreTrainedModel, calibration: torch.Tensor, alpha: float
                  smooth_o_proj: bool = True) -> None:
     """Smooth every block in place; the full-precision model computes the same function afterwards."""
     maxima = activation_maxima(model, calibration)
-    groups = SMOOTH_GROUPS + ([O_PROJ_GROUP] if smooth_o_proj else [])
     for index, block in enumerate(decoder_layers(model)):
         modules = dict(block.named_modules())
-        for previous, names in groups:
+        for previous, names in smooth_groups(block) + ([O_PROJ_GROUP] if smooth_o_proj else []):
             smooth_group(modules[previous], [modules[name] for name in names],
                          maxima[f"layers.{index}.{names[0]}"], alpha, block.self_attn.head_dim)
 
