@@ -1,0 +1,381 @@
+"""The paper's findings, each checked against the results store by a written rule.
+
+A finding is a rule over one model's rows of the PTQ and LoRA-FT tables (`report.ptq_table`,
+`report.lora_ft_table`). For each model in the store, and for LLaMA3-8B's numbers in the paper
+(`paper/reference/`), the rule gives a verdict with the numbers that decide it:
+
+- *holds*: the rows the rule needs are there and satisfy it;
+- *differs*: they are there and do not;
+- *not measurable here*: a row it needs is missing, or the model cannot show the finding at all
+  (an FP16 MMLU at chance leaves nothing for 4 bits to lose).
+
+Applying each rule to the paper's own numbers shows that the rule states the paper's finding: every
+rule holds on LLaMA3-8B (and the scale rule on LLaMA3-8B against LLaMA3-70B). `paper/FINDINGS.md` is
+written from these by the summary notebook.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import pandas as pd
+
+from llmq_core import report
+
+HOLDS, DIFFERS, NOT_MEASURABLE = "holds", "differs", "not measurable here"
+CHANCE_AVERAGE = 35.0  # the five tasks' chance accuracies (50, 25, 25, 25, 50), averaged
+MMLU_CHANCE = 25.0
+# Quantized weights (the decoder blocks' Linears), which set how much a model has to lose; tests/test_findings.py
+# counts the offline models' from their checkpoints.
+DECODER_LINEAR_PARAMETERS = {"smollm2-135m": 106_168_320, "gemma3-270m": 100_270_080,
+                             "LLaMA3-8B": 6_979_321_856, "LLaMA3-70B": 68_451_041_280}
+LARGER_BY = 4  # two models are a scale contrast when one has at least 4x the other's quantized weights
+
+
+@dataclass
+class Verdict:
+    verdict: str
+    evidence: list[str] = field(default_factory=list)  # the numbers that decide it, one line each
+
+
+class ModelRows:
+    """One model's rows at each method's default options: PTQ rows by (method, wbits, group size, abits), and
+    LoRA-FT rows by (method label, wbits), the most complete evaluation of each."""
+
+    def __init__(self, name: str, ptq: pd.DataFrame, lora_ft: pd.DataFrame):
+        self.name = name
+        self.ptq = ptq[ptq["options"].fillna("") == ""] if "options" in ptq else ptq
+        self.lora_ft = lora_ft
+        fp16 = self.row("FP16", 16)
+        self.texts = [] if fp16 is None else [t for t in fp16.index if t in PERPLEXITY_COLUMNS and pd.notna(fp16[t])]
+
+    def row(self, method: str, wbits: float, group_size: int | None = None, abits: int = 16) -> pd.Series | None:
+        rows = self.ptq[(self.ptq["method"] == method) & (self.ptq["wbits"] == wbits) & (self.ptq["abits"] == abits)
+                        & (self.ptq["group_size"].isna() if group_size is None else self.ptq["group_size"] == group_size)]
+        return None if rows.empty else rows.iloc[0]
+
+    def lora_row(self, label: str, wbits: float) -> pd.Series | None:
+        if self.lora_ft.empty:
+            return None
+        rows = self.lora_ft[(self.lora_ft["method"] == label) & (self.lora_ft["wbits"] == wbits)]
+        return None if rows.empty else rows.iloc[0]
+
+
+PERPLEXITY_COLUMNS = ("enwiki-excerpt", "brown", "ptb", "wikitext2", "c4")
+
+
+def setting(method: str, wbits: float, group_size: int | None = None, abits: int = 16) -> str:
+    """'GPTQ W3 g128', 'RTN W3', 'SmoothQuant W8A8'."""
+    return f"{method} W{wbits:g}" + (f"A{abits}" if abits != 16 else "") + (f" g{group_size}" if group_size else "")
+
+
+def ratios_to_fp16(rows: ModelRows, row: pd.Series) -> dict[str, float]:
+    fp16 = rows.row("FP16", 16)
+    return {text: row[text] / fp16[text] for text in rows.texts}
+
+
+def describe_ratios(label: str, ratios: dict[str, float]) -> str:
+    return f"{label}: " + ", ".join(f"{text} {ratio:.3g}x" for text, ratio in ratios.items()) + " FP16's perplexity"
+
+
+Settings = list[tuple]  # (method, wbits, group size[, abits]) each
+
+
+def near_lossless(rows: ModelRows, settings: Settings, require_all: bool = False) -> Verdict:
+    """Each row's perplexity at most 1.10x FP16's on every text, and its five-task average within 1 point."""
+    fp16 = rows.row("FP16", 16)
+    present = [(s, rows.row(*s)) for s in settings if rows.row(*s) is not None]
+    if fp16 is None or not present or (require_all and len(present) < len(settings)) or not rows.texts:
+        return Verdict(NOT_MEASURABLE, [f"needs FP16 and {', '.join(setting(*s) for s in settings)}"])
+    evidence, passed = [], True
+    for spec, row in present:
+        ratios = ratios_to_fp16(rows, row)
+        change = row["avg"] - fp16["avg"] if "avg" in row and pd.notna(row["avg"]) else math.nan
+        passed &= all(r <= 1.10 for r in ratios.values()) and not change < -1.0
+        evidence.append(describe_ratios(setting(*spec), ratios) + (f"; five-task average {change:+.2f} points"
+                                                                  if not math.isnan(change) else ""))
+    return Verdict(HOLDS if passed else DIFFERS, evidence)
+
+
+def w8_near_lossless(rows: ModelRows) -> Verdict:
+    return near_lossless(rows, [("RTN", 8), ("GPTQ", 8), ("AWQ", 8), ("SmoothQuant", 8, None, 8)])
+
+
+def rtn_collapses(rows: ModelRows) -> Verdict:
+    """RTN W3 per channel and RTN W2 (g128 and per channel, where measured): at least 10x FP16's perplexity on every
+    text, and a five-task average within 5 points of chance (35.0)."""
+    settings = [("RTN", 3), ("RTN", 2, 128), ("RTN", 2)]
+    present = [(s, rows.row(*s)) for s in settings if rows.row(*s) is not None]
+    if rows.row("FP16", 16) is None or rows.row("RTN", 3) is None or len(present) < 2:
+        return Verdict(NOT_MEASURABLE, ["needs FP16, RTN W3 and RTN W2"])
+    evidence, passed = [], True
+    for spec, row in present:
+        ratios = ratios_to_fp16(rows, row)
+        ok = all(r >= 10 for r in ratios.values()) and row["avg"] - CHANCE_AVERAGE <= 5
+        passed &= ok
+        evidence.append(describe_ratios(setting(*spec), ratios) + f"; average accuracy {row['avg']:.1f} (chance 35.0)")
+    return Verdict(HOLDS if passed else DIFFERS, evidence)
+
+
+def far_better_than_rtn(method: str, wbits: int, group_size: int | None) -> Callable[[ModelRows], Verdict]:
+    def check(rows: ModelRows) -> Verdict:
+        """The method's perplexity at most half of RTN's at the same setting, on every text."""
+        ours, rtn = rows.row(method, wbits, group_size), rows.row("RTN", wbits, group_size)
+        if ours is None or rtn is None or not rows.texts:
+            return Verdict(NOT_MEASURABLE, [f"needs {setting(method, wbits, group_size)} and "
+                                            f"{setting('RTN', wbits, group_size)}"])
+        ratios = {text: ours[text] / rtn[text] for text in rows.texts}
+        line = (f"{setting(method, wbits, group_size)} / {setting('RTN', wbits, group_size)}: "
+                + ", ".join(f"{text} {ours[text]:.4g} / {rtn[text]:.4g} = {r:.2f}" for text, r in ratios.items()))
+        return Verdict(HOLDS if all(r <= 0.5 for r in ratios.values()) else DIFFERS, [line])
+    return check
+
+
+TWO_BIT_COLLAPSING = [("RTN", 2, 128), ("RTN", 2), ("GPTQ", 2, 128), ("GPTQ", 2), ("AWQ", 2, 128), ("AWQ", 2)]
+TWO_BIT_SURVIVING = [("QuIP", 2), ("PB-LLM", 2, 128), ("PB-LLM", 1.7, 128), ("BiLLM", 1.1, 128), ("DB-LLM", 2, 128)]
+
+
+def at_two_bits(settings: Settings, collapse: bool) -> Callable[[ModelRows], Verdict]:
+    def check(rows: ModelRows) -> Verdict:
+        present = [(s, rows.row(*s)) for s in settings if rows.row(*s) is not None]
+        methods = {s[0] for s in settings}
+        if rows.row("FP16", 16) is None or {s[0] for s, _ in present} != methods:
+            return Verdict(NOT_MEASURABLE, [f"needs FP16 and a row of each of {', '.join(sorted(methods))}"])
+        evidence, passed = [], True
+        for spec, row in present:
+            ratios = ratios_to_fp16(rows, row)
+            worst = max(ratios.values())
+            passed &= (worst >= 100) if collapse else (worst < 100)
+            evidence.append(describe_ratios(setting(*spec), ratios))
+        return Verdict(HOLDS if passed else DIFFERS, evidence)
+    return check
+
+
+def dbllm_best_at_two_bits(rows: ModelRows) -> Verdict:
+    """DB-LLM W2's perplexity the lowest of every row of at most 2 bits, on every text."""
+    dbllm = rows.row("DB-LLM", 2, 128)
+    others = [(s, rows.row(*s)) for s in TWO_BIT_COLLAPSING + TWO_BIT_SURVIVING[:-1] if rows.row(*s) is not None]
+    if dbllm is None or not others or not rows.texts:
+        return Verdict(NOT_MEASURABLE, ["needs DB-LLM W2 g128 and other rows of at most 2 bits"])
+    evidence, passed = [], True
+    for text in rows.texts:
+        spec, best = min(others, key=lambda pair: pair[1][text])
+        passed &= dbllm[text] <= best[text]
+        evidence.append(f"{text}: DB-LLM {dbllm[text]:.4g}, the best other {setting(*spec)} {best[text]:.4g}")
+    return Verdict(HOLDS if passed else DIFFERS, evidence)
+
+
+def pbllm_improves_with_bits(rows: ModelRows) -> Verdict:
+    """PB-LLM W2's perplexity at most W1.7's on every text."""
+    two, less = rows.row("PB-LLM", 2, 128), rows.row("PB-LLM", 1.7, 128)
+    if two is None or less is None or not rows.texts:
+        return Verdict(NOT_MEASURABLE, ["needs PB-LLM W2 g128 and W1.7 g128"])
+    line = "PB-LLM W2 / W1.7: " + ", ".join(f"{t} {two[t]:.4g} / {less[t]:.4g}" for t in rows.texts)
+    return Verdict(HOLDS if all(two[t] <= less[t] for t in rows.texts) else DIFFERS, [line])
+
+
+def smoothquant_w6a6_loses_a_little(rows: ModelRows) -> Verdict:
+    """W6A6's perplexity above W8A8's and below 2x FP16's on every text."""
+    w6, w8 = rows.row("SmoothQuant", 6, None, 6), rows.row("SmoothQuant", 8, None, 8)
+    if w6 is None or w8 is None or rows.row("FP16", 16) is None or not rows.texts:
+        return Verdict(NOT_MEASURABLE, ["needs FP16, SmoothQuant W8A8 and W6A6"])
+    ratios = ratios_to_fp16(rows, w6)
+    passed = all(w6[t] > w8[t] and ratios[t] < 2 for t in rows.texts)
+    return Verdict(HOLDS if passed else DIFFERS, [describe_ratios("SmoothQuant W6A6", ratios),
+                                                  describe_ratios("SmoothQuant W8A8", ratios_to_fp16(rows, w8))])
+
+
+def smoothquant_w4a4_collapses(rows: ModelRows) -> Verdict:
+    return at_two_bits([("SmoothQuant", 4, None, 4)], collapse=True)(rows)
+
+
+def mmlu_measurable(rows: ModelRows) -> tuple[pd.Series | None, Verdict | None]:
+    fp16 = rows.lora_row("FP16", 16)
+    if fp16 is None or pd.isna(fp16.get("mmlu_avg")):
+        return None, Verdict(NOT_MEASURABLE, ["needs FP16's MMLU"])
+    if fp16["mmlu_avg"] < MMLU_CHANCE + 5:
+        return None, Verdict(NOT_MEASURABLE, [f"FP16's MMLU is {fp16['mmlu_avg']:.1f} %, within 5 points of chance "
+                                              "(25 %): there is nothing for 4 bits to lose"])
+    return fp16, None
+
+
+def normalfloat_loses_mmlu(rows: ModelRows) -> Verdict:
+    """NormalFloat W4's MMLU below FP16's, and neither QLoRA's nor IR-QLoRA's W4 MMLU back at FP16's."""
+    fp16, unmeasurable = mmlu_measurable(rows)
+    if unmeasurable:
+        return unmeasurable
+    tuned = {label: rows.lora_row(label, 4) for label in ("NormalFloat", "QLoRA", "IR-QLoRA")}
+    if any(row is None for row in tuned.values()):
+        return Verdict(NOT_MEASURABLE, ["needs NormalFloat, QLoRA and IR-QLoRA at 4 bits"])
+    passed = all(row["mmlu_avg"] < fp16["mmlu_avg"] for row in tuned.values())
+    return Verdict(HOLDS if passed else DIFFERS, [f"MMLU: FP16 {fp16['mmlu_avg']:.1f}, " + ", ".join(
+        f"{label} W4 {row['mmlu_avg']:.1f}" for label, row in tuned.items())])
+
+
+def irqlora_at_least_qlora(column: str) -> Callable[[ModelRows], Verdict]:
+    def check(rows: ModelRows) -> Verdict:
+        """IR-QLoRA's score at least QLoRA's at every bit width both have."""
+        if column == "mmlu_avg":
+            _, unmeasurable = mmlu_measurable(rows)
+            if unmeasurable:
+                return unmeasurable
+        pairs = [(bits, rows.lora_row("QLoRA", bits), rows.lora_row("IR-QLoRA", bits)) for bits in (4, 3, 2)]
+        pairs = [(bits, q, ir) for bits, q, ir in pairs if q is not None and ir is not None and pd.notna(q[column])]
+        if not pairs:
+            return Verdict(NOT_MEASURABLE, ["needs QLoRA and IR-QLoRA at one bit width"])
+        passed = all(ir[column] >= q[column] for _, q, ir in pairs)
+        return Verdict(HOLDS if passed else DIFFERS, [f"W{bits}: IR-QLoRA {ir[column]:.2f}, QLoRA {q[column]:.2f}"
+                                                      for bits, q, ir in pairs])
+    return check
+
+
+def larger_degrades_less(small: ModelRows, large: ModelRows) -> Verdict:
+    """Over the settings both models have, the larger model loses fewer points of five-task average accuracy than
+    the smaller on most of them."""
+    def losses(rows: ModelRows) -> dict[str, float]:
+        fp16 = rows.row("FP16", 16)
+        return {setting(r.method, r.wbits, None if pd.isna(r.group_size) else int(r.group_size), r.abits):
+                fp16["avg"] - r.avg for r in rows.ptq.itertuples() if r.method != "FP16" and pd.notna(r.avg)}
+    shared = sorted(set(losses(small)) & set(losses(large)))
+    if not shared:
+        return Verdict(NOT_MEASURABLE, ["no setting measured on both"])
+    small_losses, large_losses = losses(small), losses(large)
+    fewer = [name for name in shared if large_losses[name] < small_losses[name]]
+    return Verdict(HOLDS if 2 * len(fewer) > len(shared) else DIFFERS,
+                   [f"{large.name} loses fewer points than {small.name} at {len(fewer)} of {len(shared)} settings "
+                    f"({', '.join(fewer)})"])
+
+
+@dataclass(frozen=True)
+class Finding:
+    number: str
+    claim: str  # as the paper states it
+    rule: str  # what is checked, in words
+    check: Callable[[ModelRows], Verdict]
+
+
+FINDINGS = [
+    Finding("1", "W8 is near lossless for every method",
+            "RTN, GPTQ, AWQ W8 and SmoothQuant W8A8: perplexity at most 1.10x FP16's on every text, and a five-task "
+            "average accuracy at most 1 point below FP16's", w8_near_lossless),
+    Finding("2", "RTN collapses at W3 per channel and at W2",
+            "RTN W3 per channel and RTN W2 (g128, per channel): at least 10x FP16's perplexity on every text, and a "
+            "five-task average within 5 points of chance (35.0)", rtn_collapses),
+    Finding("3a", "GPTQ is far better than RTN at 3 bits",
+            "GPTQ W3 g128's perplexity at most half of RTN W3 g128's on every text", far_better_than_rtn("GPTQ", 3, 128)),
+    Finding("3b", "AWQ is far better than RTN at 3 bits",
+            "AWQ W3 g128's perplexity at most half of RTN W3 g128's on every text", far_better_than_rtn("AWQ", 3, 128)),
+    Finding("3c", "QuIP is far better than RTN at 3 bits",
+            "QuIP W3's perplexity at most half of RTN W3's (both per channel) on every text",
+            far_better_than_rtn("QuIP", 3, None)),
+    Finding("4a", "At 2 bits RTN, GPTQ and AWQ collapse",
+            "each of their W2 rows (g128, per channel): at least 100x FP16's perplexity on some text",
+            at_two_bits(TWO_BIT_COLLAPSING, collapse=True)),
+    Finding("4b", "At 2 bits and below QuIP, PB-LLM, BiLLM and DB-LLM do not collapse",
+            "QuIP W2, PB-LLM W2 and W1.7, BiLLM W1.1, DB-LLM W2: below 100x FP16's perplexity on every text",
+            at_two_bits(TWO_BIT_SURVIVING, collapse=False)),
+    Finding("4c", "DB-LLM is the best at 2 bits",
+            "DB-LLM W2's perplexity the lowest of every row of at most 2 bits, on every text", dbllm_best_at_two_bits),
+    Finding("4d", "PB-LLM is better at 2 bits than at 1.7",
+            "PB-LLM W2's perplexity at most W1.7's on every text", pbllm_improves_with_bits),
+    Finding("5a", "SmoothQuant W8A8 is near lossless",
+            "perplexity at most 1.10x FP16's on every text, and a five-task average at most 1 point below FP16's",
+            lambda rows: near_lossless(rows, [("SmoothQuant", 8, None, 8)], require_all=True)),
+    Finding("5b", "SmoothQuant W6A6 loses a little",
+            "W6A6's perplexity above W8A8's and below 2x FP16's on every text", smoothquant_w6a6_loses_a_little),
+    Finding("5c", "SmoothQuant W4A4 collapses",
+            "W4A4: at least 100x FP16's perplexity on some text", smoothquant_w4a4_collapses),
+    Finding("7a", "4-bit NormalFloat loses MMLU, and LoRA fine-tuning does not buy it back",
+            "NormalFloat W4's 5-shot MMLU below FP16's, and QLoRA's and IR-QLoRA's W4 MMLU still below FP16's; "
+            "measurable where FP16's MMLU is at least 5 points above chance", normalfloat_loses_mmlu),
+    Finding("7b", "IR-QLoRA is at least as good as QLoRA on MMLU",
+            "IR-QLoRA's MMLU at least QLoRA's at each bit width (where FP16's MMLU is 5 points above chance)",
+            irqlora_at_least_qlora("mmlu_avg")),
+    Finding("7c", "IR-QLoRA is at least as good as QLoRA on the five tasks",
+            "IR-QLoRA's five-task average at least QLoRA's at each bit width", irqlora_at_least_qlora("avg")),
+]
+SCALE_FINDING = ("6", "The larger model degrades less",
+                 f"for two models {LARGER_BY}x or more apart in quantized weights: the larger loses fewer points of "
+                 "five-task average accuracy than the smaller at most of the settings both have")
+
+
+def model_rows(records: list[dict]) -> dict[str, ModelRows]:
+    """Each model in the store, from its most complete evaluations (the full GPU rows where there are some)."""
+    ptq, lora_ft = report.ptq_table(records), report.lora_ft_table(records)
+    models = {}
+    for name in sorted(set(ptq["model"]) if not ptq.empty else set()):
+        lora = lora_ft[lora_ft["model"] == name] if not lora_ft.empty else lora_ft
+        if not lora.empty and (~lora["eval"].str.contains("limit")).any():
+            lora = lora[~lora["eval"].str.contains("limit")]
+        models[name] = ModelRows(name, ptq[ptq["model"] == name], lora)
+    return models
+
+
+def paper_rows() -> dict[str, ModelRows]:
+    """LLaMA3-8B and LLaMA3-70B as the paper reports them (its LoRA-FT table is LLaMA3-8B's)."""
+    ptq = pd.read_csv(report.PAPER_PTQ).assign(options="")
+    lora_ft = report.paper_lora_ft_table()
+    return {name: ModelRows(name, ptq[ptq["model"] == name], lora_ft[lora_ft["model"] == name])
+            for name in ("LLaMA3-8B", "LLaMA3-70B")}
+
+
+def scale_verdicts(models: dict[str, ModelRows]) -> dict[str, Verdict]:
+    """Finding 6 for each model: against the models it is a scale contrast with."""
+    verdicts = {}
+    for name, rows in models.items():
+        size = DECODER_LINEAR_PARAMETERS.get(name)
+        partners = [other for other in models if other != name and size and DECODER_LINEAR_PARAMETERS.get(other)
+                    and max(size, DECODER_LINEAR_PARAMETERS[other]) >= LARGER_BY * min(size, DECODER_LINEAR_PARAMETERS[other])]
+        if not partners:
+            sizes = ", ".join(f"{m} {DECODER_LINEAR_PARAMETERS[m] / 1e6:.0f}M" for m in models if m in DECODER_LINEAR_PARAMETERS)
+            verdicts[name] = Verdict(NOT_MEASURABLE, [f"no model {LARGER_BY}x larger or smaller in quantized weights "
+                                                      f"({sizes})"])
+            continue
+        pair = sorted([name, partners[0]], key=DECODER_LINEAR_PARAMETERS.get)
+        verdicts[name] = larger_degrades_less(models[pair[0]], models[pair[1]])
+    return verdicts
+
+
+def verdicts(records: list[dict]) -> tuple[list[str], dict[str, dict[str, Verdict]]]:
+    """The column names (LLaMA3-8B (paper) first, then each model in the store) and, per finding number, each
+    column's verdict."""
+    ours, paper = model_rows(records), paper_rows()
+    columns = {"LLaMA3-8B (paper)": paper["LLaMA3-8B"], **ours}
+    table = {finding.number: {column: finding.check(rows) for column, rows in columns.items()} for finding in FINDINGS}
+    table[SCALE_FINDING[0]] = {"LLaMA3-8B (paper)": scale_verdicts(paper)["LLaMA3-8B"], **scale_verdicts(ours)}
+    return list(columns), table
+
+
+def ordered_findings() -> list[tuple[str, str, str]]:
+    """(number, claim, rule) of every finding, in the paper's order."""
+    return sorted([(f.number, f.claim, f.rule) for f in FINDINGS] + [SCALE_FINDING], key=lambda f: (int(f[0][0]), f[0]))
+
+
+def verdict_frame(records: list[dict]) -> pd.DataFrame:
+    """One row per finding (number and claim), one column per model: its verdict."""
+    columns, table = verdicts(records)
+    return pd.DataFrame([{"#": number, "finding": claim, **{c: table[number][c].verdict for c in columns}}
+                         for number, claim, _ in ordered_findings()])
+
+
+def findings_markdown(records: list[dict]) -> str:
+    """paper/FINDINGS.md: a verdict table, then each finding's rule and deciding numbers per model."""
+    columns, table = verdicts(records)
+    findings = ordered_findings()
+    lines = ["# The paper's findings, checked against the results store", "",
+             "Each finding of the paper is a rule, written beside it, applied by `llmq_core/findings.py` to each "
+             "model's rows in the results store (the most complete evaluation of each configuration) and to "
+             "LLaMA3-8B's numbers in the paper, which every rule reproduces. The offline models' \"FP16\" is itself "
+             "a dequantized 4-bit model (SmolLM2-135M from Q4_1, Gemma-3-270M from Q4_K_M): the only copies on a "
+             "registry. Their perplexity texts are stand-ins (enwiki-excerpt for WikiText2, brown for C4). "
+             "Rebuilt by `python run_all.py`.", "",
+             report.to_markdown(verdict_frame(records)).rstrip("\n")]
+    for number, claim, rule in findings:
+        lines += ["", f"## {number}. {claim}", "", f"Rule: {rule}.", ""]
+        for column in columns:
+            verdict = table[number][column]
+            lines.append(f"- **{column}: {verdict.verdict}.** " + "; ".join(verdict.evidence))
+    return "\n".join(lines) + "\n"
+
