@@ -53,8 +53,9 @@ class ModelRows:
         self.texts = [] if fp16 is None else [t for t in fp16.index if t in PERPLEXITY_COLUMNS and pd.notna(fp16[t])]
 
     def row(self, method: str, wbits: float, group_size: int | None = None, abits: int = 16) -> pd.Series | None:
-        rows = self.ptq[(self.ptq["method"] == method) & (self.ptq["wbits"] == wbits) & (self.ptq["abits"] == abits)
-                        & (self.ptq["group_size"].isna() if group_size is None else self.ptq["group_size"] == group_size)]
+        table = self.ptq
+        grouped = table["group_size"].isna() if group_size is None else table["group_size"] == group_size
+        rows = table[(table["method"] == method) & (table["wbits"] == wbits) & (table["abits"] == abits) & grouped]
         return None if rows.empty else rows.iloc[0]
 
     def lora_row(self, label: str, wbits: float) -> pd.Series | None:
@@ -255,47 +256,55 @@ class Finding:
     claim: str  # as the paper states it
     rule: str  # what is checked, in words
     check: Callable[[ModelRows], Verdict]
+    methods: tuple[str, ...]  # the methods it is about (paper names): whose notebooks show it
 
 
 FINDINGS = [
     Finding("1", "W8 is near lossless for every method",
             "RTN, GPTQ, AWQ W8 and SmoothQuant W8A8: perplexity at most 1.10x FP16's on every text, and a five-task "
-            "average accuracy at most 1 point below FP16's", w8_near_lossless),
+            "average accuracy at most 1 point below FP16's", w8_near_lossless, ('RTN', 'GPTQ', 'AWQ', 'SmoothQuant')),
     Finding("2", "RTN collapses at W3 per channel and at W2",
             "RTN W3 per channel and RTN W2 (g128, per channel): at least 10x FP16's perplexity on every text, and a "
-            "five-task average within 5 points of chance (35.0)", rtn_collapses),
+            "five-task average within 5 points of chance (35.0)", rtn_collapses, ('RTN',)),
     Finding("3a", "GPTQ is far better than RTN at 3 bits",
-            "GPTQ W3 g128's perplexity at most half of RTN W3 g128's on every text", far_better_than_rtn("GPTQ", 3, 128)),
+            "GPTQ W3 g128's perplexity at most half of RTN W3 g128's on every text",
+            far_better_than_rtn("GPTQ", 3, 128),
+            ('GPTQ', 'RTN')),
     Finding("3b", "AWQ is far better than RTN at 3 bits",
-            "AWQ W3 g128's perplexity at most half of RTN W3 g128's on every text", far_better_than_rtn("AWQ", 3, 128)),
+            "AWQ W3 g128's perplexity at most half of RTN W3 g128's on every text", far_better_than_rtn("AWQ", 3, 128),
+            ('AWQ', 'RTN')),
     Finding("3c", "QuIP is far better than RTN at 3 bits",
             "QuIP W3's perplexity at most half of RTN W3's (both per channel) on every text",
-            far_better_than_rtn("QuIP", 3, None)),
+            far_better_than_rtn("QuIP", 3, None), ('QuIP', 'RTN')),
     Finding("4a", "At 2 bits RTN, GPTQ and AWQ collapse",
             "each of their W2 rows (g128, per channel): at least 100x FP16's perplexity on some text",
-            at_two_bits(TWO_BIT_COLLAPSING, collapse=True)),
+            at_two_bits(TWO_BIT_COLLAPSING, collapse=True), ('RTN', 'GPTQ', 'AWQ')),
     Finding("4b", "At 2 bits and below QuIP, PB-LLM, BiLLM and DB-LLM do not collapse",
             "QuIP W2, PB-LLM W2 and W1.7, BiLLM W1.1, DB-LLM W2: below 100x FP16's perplexity on every text",
-            at_two_bits(TWO_BIT_SURVIVING, collapse=False)),
+            at_two_bits(TWO_BIT_SURVIVING, collapse=False), ('QuIP', 'PB-LLM', 'BiLLM', 'DB-LLM')),
     Finding("4c", "DB-LLM is the best at 2 bits",
-            "DB-LLM W2's perplexity the lowest of every row of at most 2 bits, on every text", dbllm_best_at_two_bits),
+            "DB-LLM W2's perplexity the lowest of every row of at most 2 bits, on every text", dbllm_best_at_two_bits,
+            ('DB-LLM', 'BiLLM', 'PB-LLM')),
     Finding("4d", "PB-LLM is better at 2 bits than at 1.7",
-            "PB-LLM W2's perplexity at most W1.7's on every text", pbllm_improves_with_bits),
+            "PB-LLM W2's perplexity at most W1.7's on every text", pbllm_improves_with_bits, ('PB-LLM',)),
     Finding("5a", "SmoothQuant W8A8 is near lossless",
             "perplexity at most 1.10x FP16's on every text, and a five-task average at most 1 point below FP16's",
-            lambda rows: near_lossless(rows, [("SmoothQuant", 8, None, 8)], require_all=True)),
+            lambda rows: near_lossless(rows, [("SmoothQuant", 8, None, 8)], require_all=True), ('SmoothQuant',)),
     Finding("5b", "SmoothQuant W6A6 loses a little",
-            "W6A6's perplexity above W8A8's and below 2x FP16's on every text", smoothquant_w6a6_loses_a_little),
+            "W6A6's perplexity above W8A8's and below 2x FP16's on every text", smoothquant_w6a6_loses_a_little,
+            ('SmoothQuant',)),
     Finding("5c", "SmoothQuant W4A4 collapses",
-            "W4A4: at least 100x FP16's perplexity on some text", smoothquant_w4a4_collapses),
+            "W4A4: at least 100x FP16's perplexity on some text", smoothquant_w4a4_collapses, ('SmoothQuant',)),
     Finding("7a", "4-bit NormalFloat loses MMLU, and LoRA fine-tuning does not buy it back",
             "NormalFloat W4's 5-shot MMLU below FP16's, and QLoRA's and IR-QLoRA's W4 MMLU still below FP16's; "
-            "measurable where FP16's MMLU is at least 5 points above chance", normalfloat_loses_mmlu),
+            "measurable where FP16's MMLU is at least 5 points above chance", normalfloat_loses_mmlu,
+            ('QLoRA', 'IR-QLoRA')),
     Finding("7b", "IR-QLoRA is at least as good as QLoRA on MMLU",
             "IR-QLoRA's MMLU at least QLoRA's at each bit width (where FP16's MMLU is 5 points above chance)",
-            irqlora_at_least_qlora("mmlu_avg")),
+            irqlora_at_least_qlora("mmlu_avg"), ('QLoRA', 'IR-QLoRA')),
     Finding("7c", "IR-QLoRA is at least as good as QLoRA on the five tasks",
-            "IR-QLoRA's five-task average at least QLoRA's at each bit width", irqlora_at_least_qlora("avg")),
+            "IR-QLoRA's five-task average at least QLoRA's at each bit width", irqlora_at_least_qlora("avg"),
+            ('QLoRA', 'IR-QLoRA')),
 ]
 SCALE_FINDING = ("6", "The larger model degrades less",
                  f"for two models {LARGER_BY}x or more apart in quantized weights: the larger loses fewer points of "
@@ -323,19 +332,19 @@ def paper_rows() -> dict[str, ModelRows]:
 
 
 def scale_verdicts(models: dict[str, ModelRows]) -> dict[str, Verdict]:
-    """Finding 6 for each model: against the models it is a scale contrast with."""
+    """Finding 6 for each model: against the first model it is a scale contrast with."""
+    sizes = {name: DECODER_LINEAR_PARAMETERS[name] for name in models if name in DECODER_LINEAR_PARAMETERS}
     verdicts = {}
-    for name, rows in models.items():
-        size = DECODER_LINEAR_PARAMETERS.get(name)
-        partners = [other for other in models if other != name and size and DECODER_LINEAR_PARAMETERS.get(other)
-                    and max(size, DECODER_LINEAR_PARAMETERS[other]) >= LARGER_BY * min(size, DECODER_LINEAR_PARAMETERS[other])]
+    for name in models:
+        partners = [other for other in sizes if name in sizes and other != name
+                    and max(sizes[name], sizes[other]) >= LARGER_BY * min(sizes[name], sizes[other])]
         if not partners:
-            sizes = ", ".join(f"{m} {DECODER_LINEAR_PARAMETERS[m] / 1e6:.0f}M" for m in models if m in DECODER_LINEAR_PARAMETERS)
+            listed = ", ".join(f"{model} {size / 1e6:.0f}M" for model, size in sizes.items())
             verdicts[name] = Verdict(NOT_MEASURABLE, [f"no model {LARGER_BY}x larger or smaller in quantized weights "
-                                                      f"({sizes})"])
+                                                      f"({listed})"])
             continue
-        pair = sorted([name, partners[0]], key=DECODER_LINEAR_PARAMETERS.get)
-        verdicts[name] = larger_degrades_less(models[pair[0]], models[pair[1]])
+        small, large = sorted([name, partners[0]], key=sizes.get)
+        verdicts[name] = larger_degrades_less(models[small], models[large])
     return verdicts
 
 
@@ -361,10 +370,16 @@ def verdict_frame(records: list[dict]) -> pd.DataFrame:
                          for number, claim, _ in ordered_findings()])
 
 
+def finding_section(number: str, claim: str, rule: str, verdicts_by_column: dict[str, Verdict], level: str = "##"
+                    ) -> list[str]:
+    lines = ["", f"{level} {number}. {claim}", "", f"Rule: {rule}.", ""]
+    return lines + [f"- **{column}: {verdict.verdict}.** " + "; ".join(verdict.evidence)
+                    for column, verdict in verdicts_by_column.items()]
+
+
 def findings_markdown(records: list[dict]) -> str:
     """paper/FINDINGS.md: a verdict table, then each finding's rule and deciding numbers per model."""
-    columns, table = verdicts(records)
-    findings = ordered_findings()
+    _, table = verdicts(records)
     lines = ["# The paper's findings, checked against the results store", "",
              "Each finding of the paper is a rule, written beside it, applied by `llmq_core/findings.py` to each "
              "model's rows in the results store (the most complete evaluation of each configuration) and to "
@@ -373,10 +388,16 @@ def findings_markdown(records: list[dict]) -> str:
              "registry. Their perplexity texts are stand-ins (enwiki-excerpt for WikiText2, brown for C4). "
              "Rebuilt by `python run_all.py`.", "",
              report.to_markdown(verdict_frame(records)).rstrip("\n")]
-    for number, claim, rule in findings:
-        lines += ["", f"## {number}. {claim}", "", f"Rule: {rule}.", ""]
-        for column in columns:
-            verdict = table[number][column]
-            lines.append(f"- **{column}: {verdict.verdict}.** " + "; ".join(verdict.evidence))
+    for number, claim, rule in ordered_findings():
+        lines += finding_section(number, claim, rule, table[number])
     return "\n".join(lines) + "\n"
 
+
+def method_findings_markdown(method: str, records: list[dict]) -> str:
+    """The findings about one method (its paper name), as in paper/FINDINGS.md: for its notebook."""
+    _, table = verdicts(records)
+    lines = []
+    for finding in FINDINGS:
+        if method in finding.methods:
+            lines += finding_section(finding.number, finding.claim, finding.rule, table[finding.number], "###")
+    return "\n".join(lines).lstrip("\n") + "\n"

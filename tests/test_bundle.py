@@ -114,6 +114,27 @@ def test_a_regenerated_file_that_differs_is_refused_and_not_placed(registry, tmp
     assert not (target / "models/fake").exists()
 
 
+def test_an_assets_own_check_refuses_a_fetch_but_not_a_bundle_regenerating_its_weights(registry, tmp_path, monkeypatch):
+    """Like Gemma-3's tokenizer probe on a transformers that converts the tokenizer wrongly: the bundle carries the
+    bundling machine's tokenizer, regenerates only the weights, and the content digest checks the whole."""
+    out, _ = make_bundle(registry, tmp_path)
+
+    def wrong_tokenizer(folder):
+        if (folder / "tokenizer.json").exists():
+            raise ValueError("this library converts the tokenizer wrongly")
+
+    monkeypatch.setattr(assets, "all_assets", lambda: {
+        "text": Asset("text", "text/fake", ("fake-text",), prepare_text),
+        "model": Asset("model", "models/fake", ("fake-model",), prepare_model, bundle_as_sources=True,
+                       verify=wrong_tokenizer)})
+    monkeypatch.setattr(bundle, "all_assets", assets.all_assets)
+    with pytest.raises(ValueError, match="converts the tokenizer wrongly"):
+        assets.fetch(["model"], root=tmp_path / "fetched", log=lambda _: None)
+    target = tmp_path / "target-cache"
+    bundle.unbundle(out, root=target, log=lambda _: None)
+    assert bundle.content_digest(target / "models/fake") == bundle.content_digest(registry / "models/fake")
+
+
 def test_bundle_never_overwrites_and_a_failed_bundle_leaves_nothing(registry, tmp_path, monkeypatch):
     out, _ = make_bundle(registry, tmp_path)
     with pytest.raises(AssetError, match="not empty"):
