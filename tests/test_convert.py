@@ -35,3 +35,25 @@ def test_a_cut_off_json_array_gives_its_complete_items():
     text = '[\n  {"id": 1, "v": [1, 2]},\n  {"id": 2, "v": "a]"},\n  {"id": 3, "v": [1, 2'
     assert complete_json_array_items(text) == [{"id": 1, "v": [1, 2]}, {"id": 2, "v": "a]"}]
     assert complete_json_array_items('[{"a": 1}, {"b": 2}]') == [{"a": 1}, {"b": 2}]
+
+
+def test_moving_off_the_q4_1_grid_leaves_no_block_on_16_levels_and_moves_each_weight_less_than_its_fraction(tiny_llama):
+    import torch
+
+    from llmq_core.convert import Q4_1_BLOCK, move_off_q4_1_grid
+    from llmq_core.models import decoder_linears
+
+    generator = torch.Generator().manual_seed(0)
+    for linear in decoder_linears(tiny_llama).values():  # Q4_1: d * q + m, q = 0..15 with both ends used
+        blocks = linear.weight.data.reshape(-1, Q4_1_BLOCK)
+        levels = torch.randint(0, 16, blocks.shape, generator=generator)
+        levels[:, 0], levels[:, 1] = 0, 15
+        step, low = torch.rand(blocks.shape[0], 1) * 0.01 + 0.001, torch.randn(blocks.shape[0], 1) * 0.01
+        linear.weight.data = (levels * step + low).reshape(linear.weight.shape)
+    before = {name: linear.weight.detach().clone() for name, linear in decoder_linears(tiny_llama).items()}
+    move_off_q4_1_grid(tiny_llama, fraction=0.5, seed=0)
+    for name, linear in decoder_linears(tiny_llama).items():
+        blocks, original = linear.weight.reshape(-1, Q4_1_BLOCK), before[name].reshape(-1, Q4_1_BLOCK)
+        step = (original.amax(1, keepdim=True) - original.amin(1, keepdim=True)) / 15
+        assert all(row.unique().numel() > 16 for row in blocks)
+        assert ((blocks - original).abs() <= 0.25 * step + 1e-7).all()
