@@ -311,6 +311,55 @@ SCALE_FINDING = ("6", "The larger model degrades less",
                  "five-task average accuracy than the smaller at most of the settings both have")
 
 
+@dataclass(frozen=True)
+class Experiment:
+    """A controlled experiment on the cause stated for a deviation: what it changes, and its numbers, from the store."""
+    finding: str  # the number of the finding whose deviation it tests
+    model: str  # the model that differs
+    cause: str  # the cause under test
+    design: str  # what is changed, all else equal
+    result: Callable[[list[dict]], list[str]]  # the deciding numbers, one line each, from the records
+
+
+def gptq_over_rtn_on_and_off_the_grid(records: list[dict]) -> list[str]:
+    """GPTQ W3 g128 / RTN W3 g128 per text on smollm2-135m and on smollm2-135m-offgrid, at each evaluation size that
+    has all four rows (the same evaluation on both, so only the grid differs)."""
+    table = report.evaluations_table(records) if records else pd.DataFrame()
+    if table.empty:
+        return ["not run yet"]
+    rows = table[(table["wbits"] == 3) & (table["group_size"] == 128) & (table["options"] == "")
+                 & table["method"].isin(["GPTQ", "RTN"]) & table["model"].isin(["smollm2-135m", "smollm2-135m-offgrid"])]
+    lines = []
+    models = ("smollm2-135m", "smollm2-135m-offgrid")
+    for size, same_size in rows.groupby("ppl_eval"):
+        if len(set(zip(same_size["model"], same_size["method"]))) < 4:
+            continue
+        texts = [t for t in PERPLEXITY_COLUMNS if t in same_size and same_size[t].notna().all()]
+
+        def perplexity(model: str, method: str, text: str) -> float:
+            return same_size.loc[(same_size["model"] == model) & (same_size["method"] == method), text].iloc[0]
+        ratios = {model: {t: perplexity(model, "GPTQ", t) / perplexity(model, "RTN", t) for t in texts}
+                  for model in models}
+        devices = "; ".join(sorted(set(same_size["device"])))
+        on, off = (ratios[model] for model in models)
+        lines.append(f"perplexity over {size} ({devices}): GPTQ / RTN on the grid "
+                     + ", ".join(f"{t} {on[t]:.2f}" for t in texts) + "; off the grid "
+                     + ", ".join(f"{t} {off[t]:.2f}" for t in texts)
+                     + f". Off the grid the rule's 0.5 is {'met' if all(r <= 0.5 for r in off.values()) else 'not met'}"
+                     + f", and GPTQ's lead over RTN is {'larger' if all(off[t] < on[t] for t in texts) else 'not larger'}"
+                     + " on every text")
+    return lines or ["not run yet: the sweep's smollm2-135m-offgrid rows are missing"]
+
+
+EXPERIMENTS = [
+    Experiment("3a", "smollm2-135m", "the FP16 baseline's weights lie on a Q4_1 grid (16 levels per block of 32), on "
+               "which RTN at 3 bits and groups of 128 loses less than on genuinely full-precision weights",
+               "the same model with every decoder weight moved off the grid by seeded uniform noise of half a Q4_1 step "
+               "(smollm2-135m-offgrid), quantized by GPTQ and RTN W3 g128 with the same calibration and evaluation",
+               gptq_over_rtn_on_and_off_the_grid),
+]
+
+
 def model_rows(records: list[dict]) -> dict[str, ModelRows]:
     """Each model in the store, from its most complete evaluations (the full GPU rows where there are some)."""
     ptq, lora_ft = report.ptq_table(records), report.lora_ft_table(records)
@@ -370,11 +419,23 @@ def verdict_frame(records: list[dict]) -> pd.DataFrame:
                          for number, claim, _ in ordered_findings()])
 
 
-def finding_section(number: str, claim: str, rule: str, verdicts_by_column: dict[str, Verdict], level: str = "##"
-                    ) -> list[str]:
+def finding_section(number: str, claim: str, rule: str, verdicts_by_column: dict[str, Verdict], records: list[dict],
+                    level: str = "##") -> list[str]:
+    """A finding's heading, rule, each model's verdict and numbers, and for each model that differs the experiment
+    on the stated cause (or that there is none yet)."""
     lines = ["", f"{level} {number}. {claim}", "", f"Rule: {rule}.", ""]
-    return lines + [f"- **{column}: {verdict.verdict}.** " + "; ".join(verdict.evidence)
-                    for column, verdict in verdicts_by_column.items()]
+    lines += [f"- **{column}: {verdict.verdict}.** " + "; ".join(verdict.evidence)
+              for column, verdict in verdicts_by_column.items()]
+    for column, verdict in verdicts_by_column.items():
+        if verdict.verdict != DIFFERS:
+            continue
+        tests = [e for e in EXPERIMENTS if e.finding == number and e.model == column]
+        if not tests:
+            lines.append(f"- *Experiment on why {column} differs:* none yet.")
+        for test in tests:
+            lines.append(f"- *Experiment on why {column} differs.* Cause under test: {test.cause}. Design: {test.design}. "
+                         "Result: " + "; ".join(test.result(records)) + ".")
+    return lines
 
 
 def findings_markdown(records: list[dict]) -> str:
@@ -389,7 +450,7 @@ def findings_markdown(records: list[dict]) -> str:
              "Rebuilt by `python run_all.py`.", "",
              report.to_markdown(verdict_frame(records)).rstrip("\n")]
     for number, claim, rule in ordered_findings():
-        lines += finding_section(number, claim, rule, table[number])
+        lines += finding_section(number, claim, rule, table[number], records)
     return "\n".join(lines) + "\n"
 
 
@@ -399,5 +460,5 @@ def method_findings_markdown(method: str, records: list[dict]) -> str:
     lines = []
     for finding in FINDINGS:
         if method in finding.methods:
-            lines += finding_section(finding.number, finding.claim, finding.rule, table[finding.number], "###")
+            lines += finding_section(finding.number, finding.claim, finding.rule, table[finding.number], records, "###")
     return "\n".join(lines).lstrip("\n") + "\n"

@@ -97,3 +97,22 @@ def test_decoder_parameter_counts_are_the_checkpoints(model):
     loaded, _ = load_model(model)
     assert sum(linear.weight.numel() for linear in decoder_linears(loaded).values()) == \
         findings.DECODER_LINEAR_PARAMETERS[model]
+
+
+def test_the_grid_experiment_compares_gptq_and_rtn_at_one_evaluation_on_and_off_the_grid(records):
+    def grid_rows(key):
+        return key["model"] in ("smollm2-135m", "smollm2-135m-offgrid")
+    kept = [r for r in records if grid_rows(r["key"])]
+    missing = [r for r in kept if not (r["key"]["model"] == "smollm2-135m-offgrid" and r["key"]["method"] == "gptq")]
+    assert findings.gptq_over_rtn_on_and_off_the_grid(missing)[0].startswith("not run yet")
+
+    def gptq_off_grid_at_a_third_of_rtn(record):
+        key = record["key"]
+        if key["model"] == "smollm2-135m-offgrid" and key["method"] == "gptq" and key["kind"] == "perplexity":
+            rtn = next(r for r in kept if r["key"]["model"] == key["model"] and r["key"]["method"] == "rtn"
+                       and r["key"]["target"] == key["target"] and r["key"]["limit"] == key["limit"])
+            record = {**record, "metrics": {**record["metrics"], "ppl": rtn["metrics"]["ppl"] / 3}}
+        return record
+    lines = findings.gptq_over_rtn_on_and_off_the_grid([gptq_off_grid_at_a_third_of_rtn(r) for r in kept])
+    assert len(lines) == 1 and "8 windows x 512" in lines[0]  # the quick evaluation is the one both models have
+    assert "off the grid enwiki-excerpt 0.33, brown 0.33, ptb 0.33" in lines[0] and "0.5 is met" in lines[0]
