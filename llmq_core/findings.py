@@ -351,6 +351,7 @@ def gptq_over_rtn_on_and_off_the_grid(records: list[dict]) -> list[str]:
     return lines or ["not run yet: the sweep's smollm2-135m-offgrid rows are missing"]
 
 
+EXPERIMENT_MODELS = {"smollm2-135m-offgrid"}  # made for an experiment: no column of its own
 EXPERIMENTS = [
     Experiment("3a", "smollm2-135m", "the FP16 baseline's weights lie on a Q4_1 grid (16 levels per block of 32), on "
                "which RTN at 3 bits and groups of 128 loses less than on genuinely full-precision weights",
@@ -361,10 +362,11 @@ EXPERIMENTS = [
 
 
 def model_rows(records: list[dict]) -> dict[str, ModelRows]:
-    """Each model in the store, from its most complete evaluations (the full GPU rows where there are some)."""
+    """Each model in the store, from its most complete evaluations (the full GPU rows where there are some); not
+    the models made for an experiment, which its result reads."""
     ptq, lora_ft = report.ptq_table(records), report.lora_ft_table(records)
     models = {}
-    for name in sorted(set(ptq["model"]) if not ptq.empty else set()):
+    for name in sorted(set(ptq["model"]) - EXPERIMENT_MODELS if not ptq.empty else set()):
         lora = lora_ft[lora_ft["model"] == name] if not lora_ft.empty else lora_ft
         if not lora.empty and (~lora["eval"].str.contains("limit")).any():
             lora = lora[~lora["eval"].str.contains("limit")]
