@@ -16,7 +16,6 @@ written from these by the summary notebook.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -86,19 +85,23 @@ Settings = list[tuple]  # (method, wbits, group size[, abits]) each
 
 
 def near_lossless(rows: ModelRows, settings: Settings, require_all: bool = False) -> Verdict:
-    """Each row's perplexity at most 1.10x FP16's on every text, and its five-task average within 1 point."""
+    """Each row's perplexity at most 1.10x FP16's on every text, and its five-task average within 1 point. A row
+    whose five tasks are not all measured counts as missing."""
     fp16 = rows.row("FP16", 16)
-    present = [(s, rows.row(*s)) for s in settings if rows.row(*s) is not None]
-    if fp16 is None or not present or (require_all and len(present) < len(settings)) or not rows.texts:
-        return Verdict(NOT_MEASURABLE, [f"needs FP16 and {', '.join(setting(*s) for s in settings)}"])
+    found = [(spec, rows.row(*spec)) for spec in settings if rows.row(*spec) is not None]
+    present = [(spec, row) for spec, row in found if pd.notna(row.get("avg"))]
+    partial = [f"{setting(*spec)}: the five tasks not all measured" for spec, row in found if pd.isna(row.get("avg"))]
+    if (fp16 is None or pd.isna(fp16.get("avg")) or not present or (require_all and len(present) < len(settings))
+            or not rows.texts):
+        return Verdict(NOT_MEASURABLE, [f"needs FP16 and {', '.join(setting(*s) for s in settings)}, each with its "
+                                        "perplexities and the five tasks", *partial])
     evidence, passed = [], True
     for spec, row in present:
         ratios = ratios_to_fp16(rows, row)
-        change = row["avg"] - fp16["avg"] if "avg" in row and pd.notna(row["avg"]) else math.nan
-        passed &= all(r <= 1.10 for r in ratios.values()) and not change < -1.0
-        evidence.append(describe_ratios(setting(*spec), ratios) + (f"; five-task average {change:+.2f} points"
-                                                                  if not math.isnan(change) else ""))
-    return Verdict(HOLDS if passed else DIFFERS, evidence)
+        change = row["avg"] - fp16["avg"]
+        passed &= all(r <= 1.10 for r in ratios.values()) and change >= -1.0
+        evidence.append(describe_ratios(setting(*spec), ratios) + f"; five-task average {change:+.2f} points")
+    return Verdict(HOLDS if passed else DIFFERS, evidence + partial)
 
 
 def w8_near_lossless(rows: ModelRows) -> Verdict:

@@ -128,7 +128,7 @@ def lora_ft_table(records: list[dict[str, Any]]) -> pd.DataFrame:
 
     One row per configuration and kind of device: the quick CPU rows and the full GPU rows are never mixed, and a
     configuration whose numbers come from two GPUs (FP16's five tasks on an H100, its MMLU on an H200) is one row
-    that names both. An FP16 row is kept where it has an MMLU record, or where its dtype and evaluation sizes are
+    that names both. An FP16 row is kept where it has an MMLU record, or where its model, dtype and evaluation sizes are
     those of a LoRA-FT row (then its MMLU cells are empty until measured)."""
     rows: dict[tuple, dict[str, Any]] = {}
     for record in [best for group in by_device(records).values() for best in best_records(group)]:
@@ -153,10 +153,12 @@ def lora_ft_table(records: list[dict[str, Any]]) -> pd.DataFrame:
         else:
             row["sizes"].add((key["kind"], key["limit"], key["seqlen"]))
             row[key["target"]] = 100 * metrics["acc"] if key["kind"] == "zeroshot" else metrics["ppl"]
-    # slot[2] is the dtype: an FP16 row qualifies by dtype and sizes, whichever GPU measured it
-    lora_ft_sizes = {(slot[2], size) for slot, row in rows.items() if row["is_lora_ft"] for size in row["sizes"]}
+    # slot[0][0] is the model and slot[2] the dtype: an FP16 row qualifies by the model, dtype and sizes of a LoRA-FT
+    # row, whichever GPU measured it
+    lora_ft_sizes = {(slot[0][0], slot[2], size) for slot, row in rows.items() if row["is_lora_ft"]
+                     for size in row["sizes"]}
     kept = [row for slot, row in rows.items() if row["is_lora_ft"] or "mmlu" in row["limits"]
-            or (row["sizes"] and all((slot[2], size) in lora_ft_sizes for size in row["sizes"]))]
+            or (row["sizes"] and all((slot[0][0], slot[2], size) in lora_ft_sizes for size in row["sizes"]))]
     if not kept:
         return pd.DataFrame()
     for (_, _, dtype), row in rows.items():
