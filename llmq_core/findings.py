@@ -57,6 +57,11 @@ class ModelRows:
         rows = table[(table["method"] == method) & (table["wbits"] == wbits) & (table["abits"] == abits) & grouped]
         return None if rows.empty else rows.iloc[0]
 
+    def present(self, settings: list[tuple]) -> list[tuple[tuple, pd.Series]]:
+        """(setting, row) for each of the settings (`row`'s arguments) that the model has a row of."""
+        found = [(spec, self.row(*spec)) for spec in settings]
+        return [(spec, row) for spec, row in found if row is not None]
+
     def lora_row(self, label: str, wbits: float) -> pd.Series | None:
         if self.lora_ft.empty:
             return None
@@ -81,14 +86,14 @@ def describe_ratios(label: str, ratios: dict[str, float]) -> str:
     return f"{label}: " + ", ".join(f"{text} {ratio:.3g}x" for text, ratio in ratios.items()) + " FP16's perplexity"
 
 
-Settings = list[tuple]  # (method, wbits, group size[, abits]) each
+Settings = list[tuple]  # (method, wbits, group size[, abits]) each: ModelRows.row's arguments
 
 
 def near_lossless(rows: ModelRows, settings: Settings, require_all: bool = False) -> Verdict:
     """Each row's perplexity at most 1.10x FP16's on every text, and its five-task average within 1 point. A row
     whose five tasks are not all measured counts as missing."""
     fp16 = rows.row("FP16", 16)
-    found = [(spec, rows.row(*spec)) for spec in settings if rows.row(*spec) is not None]
+    found = rows.present(settings)
     present = [(spec, row) for spec, row in found if pd.notna(row.get("avg"))]
     partial = [f"{setting(*spec)}: the five tasks not all measured" for spec, row in found if pd.isna(row.get("avg"))]
     if (fp16 is None or pd.isna(fp16.get("avg")) or not present or (require_all and len(present) < len(settings))
@@ -112,7 +117,7 @@ def rtn_collapses(rows: ModelRows) -> Verdict:
     """RTN W3 per channel and RTN W2 (g128 and per channel, where measured): at least 10x FP16's perplexity on every
     text, and a five-task average within 5 points of chance (35.0)."""
     settings = [("RTN", 3), ("RTN", 2, 128), ("RTN", 2)]
-    present = [(s, rows.row(*s)) for s in settings if rows.row(*s) is not None]
+    present = rows.present(settings)
     if rows.row("FP16", 16) is None or rows.row("RTN", 3) is None or len(present) < 2:
         return Verdict(NOT_MEASURABLE, ["needs FP16, RTN W3 and RTN W2"])
     evidence, passed = [], True
@@ -144,7 +149,7 @@ TWO_BIT_SURVIVING = [("QuIP", 2), ("PB-LLM", 2, 128), ("PB-LLM", 1.7, 128), ("Bi
 
 def at_two_bits(settings: Settings, collapse: bool) -> Callable[[ModelRows], Verdict]:
     def check(rows: ModelRows) -> Verdict:
-        present = [(s, rows.row(*s)) for s in settings if rows.row(*s) is not None]
+        present = rows.present(settings)
         methods = {s[0] for s in settings}
         if rows.row("FP16", 16) is None or {s[0] for s, _ in present} != methods:
             return Verdict(NOT_MEASURABLE, [f"needs FP16 and a row of each of {', '.join(sorted(methods))}"])
@@ -161,7 +166,7 @@ def at_two_bits(settings: Settings, collapse: bool) -> Callable[[ModelRows], Ver
 def dbllm_best_at_two_bits(rows: ModelRows) -> Verdict:
     """DB-LLM W2's perplexity the lowest of every row of at most 2 bits, on every text."""
     dbllm = rows.row("DB-LLM", 2, 128)
-    others = [(s, rows.row(*s)) for s in TWO_BIT_COLLAPSING + TWO_BIT_SURVIVING[:-1] if rows.row(*s) is not None]
+    others = rows.present(TWO_BIT_COLLAPSING + TWO_BIT_SURVIVING[:-1])
     if dbllm is None or not others or not rows.texts:
         return Verdict(NOT_MEASURABLE, ["needs DB-LLM W2 g128 and other rows of at most 2 bits"])
     evidence, passed = [], True
@@ -419,7 +424,10 @@ def ordered_findings() -> list[tuple[str, str, str]]:
 
 def verdict_frame(records: list[dict]) -> pd.DataFrame:
     """One row per finding (number and claim), one column per model: its verdict."""
-    columns, table = verdicts(records)
+    return frame_of(*verdicts(records))
+
+
+def frame_of(columns: list[str], table: dict[str, dict[str, Verdict]]) -> pd.DataFrame:
     return pd.DataFrame([{"#": number, "finding": claim, **{c: table[number][c].verdict for c in columns}}
                          for number, claim, _ in ordered_findings()])
 
@@ -445,7 +453,7 @@ def finding_section(number: str, claim: str, rule: str, verdicts_by_column: dict
 
 def findings_markdown(records: list[dict]) -> str:
     """paper/FINDINGS.md: a verdict table, then each finding's rule and deciding numbers per model."""
-    _, table = verdicts(records)
+    columns, table = verdicts(records)
     lines = ["# The paper's findings, checked against the results store", "",
              "Each finding of the paper is a rule, written beside it, applied by `llmq_core/findings.py` to each "
              "model's rows in the results store (the most complete evaluation of each configuration) and to "
@@ -453,7 +461,7 @@ def findings_markdown(records: list[dict]) -> str:
              "a dequantized 4-bit model (SmolLM2-135M from Q4_1, Gemma-3-270M from Q4_K_M): the only copies on a "
              "registry. Their perplexity texts are stand-ins (enwiki-excerpt for WikiText2, brown for C4). "
              "Rebuilt by `python run_all.py`.", "",
-             report.to_markdown(verdict_frame(records)).rstrip("\n")]
+             report.to_markdown(frame_of(columns, table)).rstrip("\n")]
     for number, claim, rule in ordered_findings():
         lines += finding_section(number, claim, rule, table[number], records)
     return "\n".join(lines) + "\n"
