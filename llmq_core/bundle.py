@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import hashlib
+import importlib
 import io
 import json
 import re
@@ -441,8 +442,11 @@ def _place_wheels(wheels: Path, folder: Path, wheels_target: Path | None, log: C
                              str(wheels_target), *map(str, files)], capture_output=True, text=True)
     if result.returncode != 0:
         raise AssetError(f"installing the bundled wheels failed: {result.stderr.strip()[-500:]}")
-    # Preparing an asset from its sources may need them (gguf, for the model).
+    # Preparing an asset from its sources may need them (gguf, for the model). A PYTHONPATH entry that did not exist
+    # when Python started is cached as holding nothing: forget that, or the wheels stay unseen.
     sys.path.insert(0, str(wheels_target))
+    sys.path_importer_cache.pop(str(wheels_target), None)
+    importlib.invalidate_caches()
     log(f"wheels installed; use them with: export PYTHONPATH={wheels_target}:$PYTHONPATH")
 
 

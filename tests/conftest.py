@@ -6,7 +6,8 @@ import os
 
 import pytest
 import torch
-from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
+from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config,
+                          Qwen2ForCausalLM)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -34,6 +35,22 @@ def tiny_gemma3() -> Gemma3ForCausalLM:
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if name.endswith("norm.weight"):  # zeros at initialisation: a gain of exactly 1 would hide the offset
+                parameter.uniform_(-0.5, 0.5)
+    return model
+
+
+@pytest.fixture
+def tiny_qwen2() -> Qwen2ForCausalLM:
+    """Qwen2's block layout: Llama's, with biases on q/k/v (a scale folded into v_proj's rows must divide its bias
+    too), GQA 6/2 heads, untied LM head; random weights and biases."""
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=128, hidden_size=96, intermediate_size=160, num_hidden_layers=2,
+                         num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=256,
+                         tie_word_embeddings=False)
+    model = Qwen2ForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("proj.bias"):  # zeros at initialisation would hide a bias left unscaled
                 parameter.uniform_(-0.5, 0.5)
     return model
 

@@ -1,5 +1,6 @@
-"""Every post-training method on a second block layout, Gemma-3's: norms after the attention and the MLP as
-well as before them, (1 + weight) norm gains, sliding-window blocks beside global ones, GeLU gates. Each must
+"""Every post-training method on the other block layouts: Gemma-3's (norms after the attention and the MLP as
+well as before them, (1 + weight) norm gains, sliding-window blocks beside global ones, GeLU gates) and Qwen2's
+(biases on q/k/v, an untied LM head). Each must
 quantize every decoder Linear and leave a model that still computes finite logits near the original's."""
 
 import pytest
@@ -20,9 +21,10 @@ def spec_for(name: str) -> QuantSpec:
         {"steps": 2} if name == "dbllm" else {}))
 
 
+@pytest.mark.parametrize("architecture", ["tiny_gemma3", "tiny_qwen2"])
 @pytest.mark.parametrize("name", PTQ_METHODS)
-def test_every_method_quantizes_gemma3_blocks(tiny_gemma3, name):
-    model = tiny_gemma3
+def test_every_method_quantizes_other_block_layouts(architecture, name, request):
+    model = request.getfixturevalue(architecture)
     windows = torch.randint(0, 128, (4, 24), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         reference = model(windows).logits

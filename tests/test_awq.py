@@ -23,7 +23,7 @@ def block_features(model, windows):
     return block, inputs, kwargs, {name: torch.cat(x).view(*inputs.shape[:2], -1) for name, x in seen.items()}
 
 
-@pytest.mark.parametrize("architecture", ["tiny_llama", "tiny_gemma3"])
+@pytest.mark.parametrize("architecture", ["tiny_llama", "tiny_gemma3", "tiny_qwen2"])
 @pytest.mark.parametrize("group_index", range(4), ids=["self_attn", "o_proj", "mlp", "down_proj"])
 def test_applied_scales_reproduce_the_searched_error_which_is_at_most_rtns(architecture, group_index, request):
     model = with_outlier_channels(request.getfixturevalue(architecture))

@@ -87,7 +87,7 @@ def test_gptq_on_a_model_beats_rtn_on_the_calibration_data(tiny_llama, options):
     assert gptq_error < rtn_error
 
 
-@pytest.mark.parametrize("architecture", ["tiny_llama", "tiny_gemma3"])
+@pytest.mark.parametrize("architecture", ["tiny_llama", "tiny_gemma3", "tiny_qwen2"])
 def test_block_inputs_reproduce_the_model_hidden_states(architecture, request):
     """Every block, run on the captured inputs with its own keyword arguments, gives the model's hidden states:
     Gemma-3's sliding-window blocks and its global one each get their own mask and rotary tables."""

@@ -21,7 +21,7 @@ def with_outlier_channels(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-@pytest.mark.parametrize("architecture", ["tiny_llama", "tiny_gemma3"])
+@pytest.mark.parametrize("architecture", ["tiny_llama", "tiny_gemma3", "tiny_qwen2"])
 @pytest.mark.parametrize("smooth_o_proj", [True, False])
 def test_smoothing_leaves_the_full_precision_outputs_unchanged(architecture, smooth_o_proj, request):
     model = with_outlier_channels(request.getfixturevalue(architecture))

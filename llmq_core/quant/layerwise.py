@@ -185,8 +185,10 @@ def fold_scales(previous: torch.nn.Module, linears: list[torch.nn.Linear], scale
     """Divide the previous op's output by `scales` and multiply the Linears' input columns by them; the
     full-precision function is unchanged. Returns the per-input-channel scales."""
     per_input = expand_to_inputs(scales, linears[0].in_features, head_dim)
-    if isinstance(previous, torch.nn.Linear):  # its output rows
+    if isinstance(previous, torch.nn.Linear):  # its output rows, and their biases (Qwen2's v_proj has some)
         previous.weight.data = (previous.weight.float() / scales[:, None]).to(previous.weight.dtype)
+        if previous.bias is not None:
+            previous.bias.data = (previous.bias.float() / scales).to(previous.bias.dtype)
     else:  # an RMSNorm's elementwise gain: its weight (Llama), or 1 + its weight (Gemma)
         offset = norm_gain_offset(previous)
         previous.weight.data = ((previous.weight.float() + offset) / scales - offset).to(previous.weight.dtype)
