@@ -175,7 +175,7 @@ def all_assets() -> dict[str, Asset]:
               tuple(f"qwen2.5-coder-1.5b-part{i}" for i in range(1, convert.QWEN25_CODER_PARTS + 1)),
               convert.prepare_qwen25_coder_1_5b,
               "Qwen2.5-Coder-1.5B-Instruct (Qwen2 architecture), dequantized from a Q4_K_M GGUF to bf16",
-              bundle_as_sources=True, fetched_by_default=False),
+              bundle_as_sources=True, fetched_by_default=False, verify=convert.check_qwen25_tokenizer),
         # Its 17 MB tokenizer.json gzips to 2.6 MB, less than the 6.6 MB wheel: bundled as a folder.
         Asset("llama3-tokenizer", "models/llama3-tokenizer", ("llama-models",), convert.prepare_llama3_tokenizer,
               "Meta-Llama-3-8B's tokenizer (128,000 BPE tokens + 256 special), from Meta's tiktoken BPE file"),

@@ -41,6 +41,8 @@ QWEN25_CODER_PARTS = 22
 # No SHA256SUMS of the publisher's reaches us: this is the joined file's, which also pins the parts' order. Its
 # metadata names it "Qwen2.5 Coder 1.5B Instruct GGUF" (qwen2, 28 blocks, hidden 1536, Q4_K/Q6_K blocks).
 QWEN25_CODER_SHA256 = "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
+# Qwen2's ids for the probe (its tokenizer adds no BOS), as other Qwen2/Qwen3 tooling tests them
+QWEN25_PROBE = ("The capital of France is", [785, 6722, 315, 9625, 374])
 QWEN25_CODER_TENSORS = 339  # 28 blocks of 12 (q/k/v with biases), the token embedding, the output head, the final norm
 # Gemma-3's ids for this probe (BOS first). transformers 5.17 converts the GGUF's tokenizer into a Unigram model that
 # gives others (and twice as many tokens on prose); 5.24's BPE model gives these, and the dequantized model then
@@ -154,14 +156,22 @@ def prepare_qwen25_coder_1_5b(packages: dict[str, Path], out: Path) -> None:
         save_dequantized_gguf(tmp, QWEN25_CODER_GGUF, out, "qwen2.5-coder-1.5b")
 
 
-def check_gemma3_tokenizer(folder: Path) -> None:
-    """Refuse a Gemma-3 tokenizer that does not give Gemma-3's ids for the probe."""
+def check_tokenizer_probe(folder: Path, model: str, probe: tuple[str, list[int]]) -> None:
+    """Refuse a tokenizer converted from a GGUF that does not give the model's own ids for the probe."""
     from transformers import AutoTokenizer, __version__
 
-    text, ids = GEMMA3_PROBE
+    text, ids = probe
     if AutoTokenizer.from_pretrained(folder)(text)["input_ids"] != ids:
-        raise ValueError(f"transformers {__version__} converts Gemma-3's GGUF tokenizer wrongly ({text!r} is not "
+        raise ValueError(f"transformers {__version__} converts {model}'s GGUF tokenizer wrongly ({text!r} is not "
                          f"{ids}); upgrade transformers (5.24 converts it right) and fetch again")
+
+
+def check_gemma3_tokenizer(folder: Path) -> None:
+    check_tokenizer_probe(folder, "Gemma-3", GEMMA3_PROBE)
+
+
+def check_qwen25_tokenizer(folder: Path) -> None:
+    check_tokenizer_probe(folder, "Qwen2.5", QWEN25_PROBE)
 
 
 def read_tiktoken_ranks(data: bytes) -> dict[bytes, int]:
