@@ -130,7 +130,8 @@ def plan(args: argparse.Namespace) -> tuple[str, list[RunConfig]]:
 def run_slug(config: RunConfig) -> str:
     group = "channel" if config.group_size is None else f"g{config.group_size}"
     options = "".join(f"-{k}" if v is True else f"-{k}={v}" for k, v in sorted(config.options.items()))
-    return f"{config.model.replace('/', '_')}--{config.method}-w{config.wbits:g}a{config.abits}-{group}{options}"
+    seed = f"-seed{config.seed}" if config.seed else ""  # replicates of one setting must not share a notebook
+    return f"{config.model.replace('/', '_')}--{config.method}-w{config.wbits:g}a{config.abits}-{group}{options}{seed}"
 
 
 KERNEL_START_ATTEMPTS = 3

@@ -22,6 +22,7 @@ from typing import Callable
 import pandas as pd
 
 from llmq_core import report
+from llmq_core.methods import get_method
 
 HOLDS, DIFFERS, NOT_MEASURABLE = "holds", "differs", "not measurable here"
 CHANCE_AVERAGE = 35.0  # the five tasks' chance accuracies (50, 25, 25, 25, 50), averaged
@@ -29,7 +30,7 @@ MMLU_CHANCE = 25.0
 # Quantized weights (the decoder blocks' Linears), which set how much a model has to lose; tests/test_findings.py
 # counts the offline models' from their checkpoints.
 DECODER_LINEAR_PARAMETERS = {"smollm2-135m": 106_168_320, "smollm2-135m-offgrid": 106_168_320,
-                             "gemma3-270m": 100_270_080,
+                             "gemma3-270m": 100_270_080, "qwen2.5-coder-1.5b": 1_310_195_712,
                              "LLaMA3-8B": 6_979_321_856, "LLaMA3-70B": 68_451_041_280}
 LARGER_BY = 4  # two models are a scale contrast when one has at least 4x the other's quantized weights
 
@@ -329,43 +330,171 @@ class Experiment:
     result: Callable[[list[dict]], list[str]]  # the deciding numbers, one line each, from the records
 
 
-def gptq_over_rtn_on_and_off_the_grid(records: list[dict]) -> list[str]:
-    """GPTQ W3 g128 / RTN W3 g128 per text on smollm2-135m and on smollm2-135m-offgrid, at each evaluation size that
-    has all four rows (the same evaluation on both, so only the grid differs)."""
-    table = report.evaluations_table(records) if records else pd.DataFrame()
-    if table.empty:
-        return ["not run yet"]
-    rows = table[(table["wbits"] == 3) & (table["group_size"] == 128) & (table["options"] == "")
-                 & table["method"].isin(["GPTQ", "RTN"]) & table["model"].isin(["smollm2-135m", "smollm2-135m-offgrid"])]
-    lines = []
-    models = ("smollm2-135m", "smollm2-135m-offgrid")
-    for size, same_size in rows.groupby("ppl_eval"):
-        if len(set(zip(same_size["model"], same_size["method"]))) < 4:
-            continue
-        texts = [t for t in PERPLEXITY_COLUMNS if t in same_size and same_size[t].notna().all()]
+def over_rtn_on_and_off_the_grid(method: str) -> Callable[[list[dict]], list[str]]:
+    def result(records: list[dict]) -> list[str]:
+        """`method` W3 g128 / RTN W3 g128 per text on smollm2-135m and on smollm2-135m-offgrid, at each evaluation
+        size that has all four rows (the same evaluation on both, so only the grid differs)."""
+        table = report.evaluations_table(records) if records else pd.DataFrame()
+        if table.empty:
+            return ["not run yet"]
+        models = ("smollm2-135m", "smollm2-135m-offgrid")
+        rows = table[(table["wbits"] == 3) & (table["group_size"] == 128) & (table["options"] == "")
+                     & table["method"].isin([method, "RTN"]) & table["model"].isin(models)]
+        lines = []
+        for size, same_size in rows.groupby("ppl_eval"):
+            if len(set(zip(same_size["model"], same_size["method"]))) < 4:
+                continue
+            texts = [t for t in PERPLEXITY_COLUMNS if t in same_size and same_size[t].notna().all()]
 
-        def perplexity(model: str, method: str, text: str) -> float:
-            return same_size.loc[(same_size["model"] == model) & (same_size["method"] == method), text].iloc[0]
-        ratios = {model: {t: perplexity(model, "GPTQ", t) / perplexity(model, "RTN", t) for t in texts}
-                  for model in models}
-        devices = "; ".join(sorted(set(same_size["device"])))
-        on, off = (ratios[model] for model in models)
-        lines.append(f"perplexity over {size} ({devices}): GPTQ / RTN on the grid "
-                     + ", ".join(f"{t} {on[t]:.2f}" for t in texts) + "; off the grid "
-                     + ", ".join(f"{t} {off[t]:.2f}" for t in texts)
-                     + f". Off the grid the rule's 0.5 is {'met' if all(r <= 0.5 for r in off.values()) else 'not met'}"
-                     + f", and GPTQ's lead over RTN is {'larger' if all(off[t] < on[t] for t in texts) else 'not larger'}"
-                     + " on every text")
-    return lines or ["not run yet: the sweep's smollm2-135m-offgrid rows are missing"]
+            def perplexity(model: str, name: str, text: str) -> float:
+                return same_size.loc[(same_size["model"] == model) & (same_size["method"] == name), text].iloc[0]
+            ratios = {model: {t: perplexity(model, method, t) / perplexity(model, "RTN", t) for t in texts}
+                      for model in models}
+            devices = "; ".join(sorted(set(same_size["device"])))
+            on, off = (ratios[model] for model in models)
+            lines.append(f"perplexity over {size} ({devices}): {method} / RTN on the grid "
+                         + ", ".join(f"{t} {on[t]:.2f}" for t in texts) + "; off the grid "
+                         + ", ".join(f"{t} {off[t]:.2f}" for t in texts)
+                         + f". Off the grid the rule's 0.5 is {'met' if all(r <= 0.5 for r in off.values()) else 'not met'}"
+                         + f", and {method}'s lead over RTN is "
+                         + f"{'larger' if all(off[t] < on[t] for t in texts) else 'not larger'} on every text")
+        return lines or ["not run yet: the sweep's smollm2-135m-offgrid rows are missing"]
+    return result
+
+
+def dbllm_with_longer_distillation(model: str) -> Callable[[list[dict]], list[str]]:
+    def result(records: list[dict]) -> list[str]:
+        """DB-LLM W2 g128 at each number of distillation steps in the store, against the best other row of at most
+        2 bits, at the evaluation the verdict reads."""
+        rows = model_rows(records).get(model)
+        table = report.evaluations_table(records) if records else pd.DataFrame()
+        dbllm = None if rows is None else rows.row("DB-LLM", 2, 128)
+        others = [] if rows is None else rows.present(TWO_BIT_COLLAPSING + TWO_BIT_SURVIVING[:-1])
+        if dbllm is None or not others:
+            return ["not run yet"]
+        default_steps = get_method("dbllm").options().steps
+        steps = sorted({r["key"]["options"].get("steps", default_steps) for r in records
+                        if r["key"]["model"] == model and r["key"]["method"] == "dbllm"})
+        same = table[(table["model"] == model) & (table["method"] == "DB-LLM") & (table["ppl_eval"] == dbllm["ppl_eval"])]
+        by_steps = {}
+        for count in steps:
+            label = "" if count == default_steps else report.options_label({"steps": count})
+            found = same[same["options"] == label]
+            if not found.empty and found[rows.texts].notna().all(axis=None):
+                by_steps[count] = found.iloc[0]
+        if len(by_steps) < 2:
+            return [f"not run yet: DB-LLM at one number of steps only ({dbllm['ppl_eval']})"]
+        best = {text: min(others, key=lambda pair: pair[1][text]) for text in rows.texts}
+        best_from = [count for count in by_steps if all(by_steps[count][t] <= best[t][1][t] for t in rows.texts)]
+        return [f"perplexity over {dbllm['ppl_eval']}, DB-LLM at " + " / ".join(map(str, by_steps))
+                + " distillation steps: " + "; ".join(f"{t} " + " / ".join(f"{by_steps[c][t]:.4g}" for c in by_steps)
+                                                     + f" (the best other: {setting(*best[t][0])} {best[t][1][t]:.4g})"
+                                                     for t in rows.texts)
+                + (f". DB-LLM is the best on every text at {', '.join(map(str, best_from))} steps" if best_from else
+                   ". DB-LLM is not the best on every text at any of these step counts")]
+    return result
+
+
+def irqlora_against_qlora_across_seeds(model: str) -> Callable[[list[dict]], list[str]]:
+    def result(records: list[dict]) -> list[str]:
+        """The five-task averages of QLoRA and IR-QLoRA W4 at each seed in the store (the full evaluation): the gap
+        between their means against the spread of each across seeds."""
+        labels = ("QLoRA", "IR-QLoRA")
+        averages: dict[str, dict[int, float]] = {label: {} for label in labels}
+        seeds = sorted({r["key"]["seed"] for r in records
+                        if r["key"]["model"] == model and r["key"]["method"] in ("qlora", "irqlora")})
+        for seed in seeds:
+            table = report.lora_ft_table(records, seed)
+            if table.empty:
+                continue
+            rows = table[(table["model"] == model) & (table["wbits"] == 4) & table["method"].isin(labels)
+                         & ~table["eval"].str.contains("limit")]
+            for row in rows.itertuples():
+                if pd.notna(row.avg):
+                    averages[row.method][seed] = row.avg
+        shared = sorted(set(averages["QLoRA"]) & set(averages["IR-QLoRA"]))
+        if len(shared) < 2:
+            return ["not run yet: QLoRA and IR-QLoRA W4 at one seed only"]
+        values = {label: [averages[label][seed] for seed in shared] for label in labels}
+        means = {label: sum(v) / len(v) for label, v in values.items()}
+        spread = max(max(v) - min(v) for v in values.values())
+        gap = means["IR-QLoRA"] - means["QLoRA"]
+        return [f"five-task average at W4, seeds {', '.join(map(str, shared))}: " + "; ".join(
+            f"{label} " + " / ".join(f"{v:.2f}" for v in values[label]) + f" (mean {means[label]:.2f})"
+            for label in labels) + f". IR-QLoRA's mean minus QLoRA's: {gap:+.2f} points; the larger spread of one "
+            f"method across seeds: {spread:.2f} points, so the gap is "
+            + ("within the seeds' spread" if abs(gap) <= spread else "larger than the seeds' spread")]
+    return result
+
+
+def pbllm_two_bits_against_one_point_seven(model: str) -> Callable[[list[dict]], list[str]]:
+    def result(records: list[dict]) -> list[str]:
+        """PB-LLM W2 / W1.7 per text at the verdict's evaluation: with our group constants at each calibration seed
+        in the store, and with the reference's constants."""
+        rows = model_rows(records).get(model)
+        two = None if rows is None else rows.row("PB-LLM", 2, 128)
+        if two is None:
+            return ["not run yet"]
+        reference = report.options_label({"reference_constants": True})
+        pairs = {}
+        seeds = sorted({r["key"]["seed"] for r in records if r["key"]["model"] == model and r["key"]["method"] == "pbllm"})
+        for seed in seeds:
+            table = report.ptq_table(records, seed)
+            same = table[(table["model"] == model) & (table["method"] == "PB-LLM") & (table["ppl_eval"] == two["ppl_eval"])]
+            for label, options in ((f"our constants, seed {seed}", ""), (f"the reference's constants, seed {seed}", reference)):
+                found = [same[(same["wbits"] == bits) & (same["options"] == options)] for bits in (2, 1.7)]
+                if all(not rows_.empty for rows_ in found):
+                    pairs[label] = (found[0].iloc[0], found[1].iloc[0])
+        if len(pairs) < 2:
+            return [f"not run yet: PB-LLM W2 and W1.7 at other seeds or with reference_constants=True ({two['ppl_eval']})"]
+        holds = [label for label, (w2, w17) in pairs.items() if all(w2[t] <= w17[t] for t in rows.texts)]
+        return [f"perplexity over {two['ppl_eval']}, PB-LLM W2 / W1.7: " + "; ".join(
+            f"{label} " + ", ".join(f"{t} {w2[t]:.4g} / {w17[t]:.4g}" for t in rows.texts)
+            for label, (w2, w17) in pairs.items())
+            + f". W2 is at most W1.7 on every text in {len(holds)} of these {len(pairs)} runs"
+            + (f" ({'; '.join(holds)})" if holds else "")]
+    return result
+
+
+def at_two_bits_on_a_larger_model(larger: str) -> Callable[[list[dict]], list[str]]:
+    def result(records: list[dict]) -> list[str]:
+        """Finding 4b's rule applied to a larger model's rows."""
+        rows = model_rows(records).get(larger)
+        if rows is None:
+            return [f"not run yet: no {larger} rows"]
+        verdict = at_two_bits(TWO_BIT_SURVIVING, collapse=False)(rows)
+        size = DECODER_LINEAR_PARAMETERS[larger] / DECODER_LINEAR_PARAMETERS["smollm2-135m"]
+        return [f"on {larger} ({size:.0f}x the quantized weights) the rule {verdict.verdict}: "
+                + "; ".join(verdict.evidence)]
+    return result
 
 
 EXPERIMENT_MODELS = {"smollm2-135m-offgrid"}  # made for an experiment: no column of its own
+GRID_CAUSE = ("the FP16 baseline's weights lie on a Q4_1 grid (16 levels per block of 32), on which RTN at 3 bits and "
+              "groups of 128 loses less than on genuinely full-precision weights")
+GRID_DESIGN = ("the same model with every decoder weight moved off the grid by seeded uniform noise of half a Q4_1 step "
+               "(smollm2-135m-offgrid), quantized by {method} and RTN W3 g128 with the same calibration and evaluation")
 EXPERIMENTS = [
-    Experiment("3a", "smollm2-135m", "the FP16 baseline's weights lie on a Q4_1 grid (16 levels per block of 32), on "
-               "which RTN at 3 bits and groups of 128 loses less than on genuinely full-precision weights",
-               "the same model with every decoder weight moved off the grid by seeded uniform noise of half a Q4_1 step "
-               "(smollm2-135m-offgrid), quantized by GPTQ and RTN W3 g128 with the same calibration and evaluation",
-               gptq_over_rtn_on_and_off_the_grid),
+    Experiment("3a", "smollm2-135m", GRID_CAUSE, GRID_DESIGN.format(method="GPTQ"), over_rtn_on_and_off_the_grid("GPTQ")),
+    Experiment("3b", "smollm2-135m", GRID_CAUSE, GRID_DESIGN.format(method="AWQ"), over_rtn_on_and_off_the_grid("AWQ")),
+    Experiment("4b", "smollm2-135m", "a 135M model is too small to keep 2-bit and binarized weights from collapsing",
+               "the same rule on Qwen2.5-Coder-1.5B, 12x the quantized weights, with the same methods, calibration and "
+               "evaluation", at_two_bits_on_a_larger_model("qwen2.5-coder-1.5b")),
+    Experiment("4c", "smollm2-135m", "DB-LLM's distillation (256 steps of one 2048-token window, our schedule: the "
+               "paper's is not public) is too short to bring its scales to their best",
+               "the same DB-LLM W2 g128 with 16, 256, 1024 and 4096 steps, all else equal",
+               dbllm_with_longer_distillation("smollm2-135m")),
+    Experiment("4d", "smollm2-135m", "either our reading of PB-LLM (each group's salient mask, mean and scale chosen "
+               "when the group is reached, from the weights as the error feedback left them, and averaged over the "
+               "binarized weights only), or the method's sensitivity to small changes of its inputs",
+               "PB-LLM W2 and W1.7 g128 with reference_constants=True (those set as the reference code, hahnyuan/PB-LLM, "
+               "sets them: up front from the original weights, over the whole group with the salient weights as "
+               "zeros), and with our constants at calibration seeds 1 and 2 (other windows), all else equal",
+               pbllm_two_bits_against_one_point_seven("smollm2-135m")),
+    Experiment("7c", "smollm2-135m", "the gap between IR-QLoRA and QLoRA is smaller than the run-to-run spread of a "
+               "250-step fine-tune", "QLoRA and IR-QLoRA W4 trained again with seeds 1 and 2 (the adapters' "
+               "initialisation and the order of the instruction pairs), all else equal",
+               irqlora_against_qlora_across_seeds("smollm2-135m")),
 ]
 
 

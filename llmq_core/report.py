@@ -44,6 +44,12 @@ def by_device(records: list[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]
     return groups
 
 
+def of_seed(records: list[dict[str, Any]], seed: int = 0) -> list[dict[str, Any]]:
+    """The records of one seed. The tables show the sweeps' default seed, 0; a configuration run again at other
+    seeds is a replicate for an experiment (llmq_core.findings), not a row of its own."""
+    return [record for record in records if record["key"]["seed"] == seed]
+
+
 def best_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """For each configuration and target keep one record: the most complete evaluation (e.g. the
     GPU's full sets at seqlen 2048 over the quick CPU sweep's first 50 documents)."""
@@ -71,11 +77,11 @@ def options_label(options: dict[str, Any]) -> str:
     return ", ".join(f"{name}={value}" for name, value in sorted(options.items()))
 
 
-def ptq_table(records: list[dict[str, Any]]) -> pd.DataFrame:
+def ptq_table(records: list[dict[str, Any]], seed: int = 0) -> pd.DataFrame:
     """The PTQ table: perplexities, accuracies (%) and their average, with evaluation size and device."""
     rows: dict[tuple, dict[str, Any]] = {}
     keys: dict[tuple, list[dict[str, Any]]] = {}
-    for record in best_records(records):
+    for record in best_records(of_seed(records, seed)):
         key, metrics = record["key"], record["metrics"]
         if key["kind"] == "mmlu" or get_method(key["method"]).track != "ptq":
             continue  # the LoRA-FT table's (lora_ft_table)
@@ -122,7 +128,7 @@ def lora_ft_label(key: dict[str, Any]) -> str:
     return method.paper_name
 
 
-def lora_ft_table(records: list[dict[str, Any]]) -> pd.DataFrame:
+def lora_ft_table(records: list[dict[str, Any]], seed: int = 0) -> pd.DataFrame:
     """The LoRA-FT table in the paper's columns: 5-shot MMLU by category and overall, the five tasks and
     their average (accuracy in %), then our perplexities and the fine-tune's steps, tokens and time.
 
@@ -131,7 +137,7 @@ def lora_ft_table(records: list[dict[str, Any]]) -> pd.DataFrame:
     that names both. An FP16 row is kept where it has an MMLU record, or where its model, dtype and evaluation sizes are
     those of a LoRA-FT row (then its MMLU cells are empty until measured)."""
     rows: dict[tuple, dict[str, Any]] = {}
-    for record in [best for group in by_device(records).values() for best in best_records(group)]:
+    for record in [best for group in by_device(of_seed(records, seed)).values() for best in best_records(group)]:
         key, metrics = record["key"], record["metrics"]
         lora_ft = get_method(key["method"]).track == "lora_ft"
         if not (lora_ft or key["method"] == "fp16"):
@@ -184,7 +190,7 @@ def lora_ft_table(records: list[dict[str, Any]]) -> pd.DataFrame:
 def finetune_loss_curves(records: list[dict[str, Any]], device: str) -> dict[str, dict[str, Any]]:
     """'QLoRA W4' -> {"curve": the stored loss curve, "steps": its steps}: the fine-tuned runs measured on `device`."""
     curves = {}
-    for record in records:
+    for record in of_seed(records):
         run = record.get("quantization", {})
         if record["device"] == device and run.get("steps"):
             key = record["key"]

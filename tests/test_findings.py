@@ -87,7 +87,7 @@ def test_the_report_names_every_finding_and_model(records):
     assert "| smollm2-135m |" in page.splitlines()[4]
 
 
-@pytest.mark.parametrize("model", ["smollm2-135m", "gemma3-270m"])
+@pytest.mark.parametrize("model", ["smollm2-135m", "gemma3-270m", "qwen2.5-coder-1.5b"])
 def test_decoder_parameter_counts_are_the_checkpoints(model):
     from llmq_core import assets
     from llmq_core.models import decoder_linears, load_model
@@ -104,7 +104,7 @@ def test_the_grid_experiment_compares_gptq_and_rtn_at_one_evaluation_on_and_off_
         return key["model"] in ("smollm2-135m", "smollm2-135m-offgrid")
     kept = [r for r in records if grid_rows(r["key"])]
     missing = [r for r in kept if not (r["key"]["model"] == "smollm2-135m-offgrid" and r["key"]["method"] == "gptq")]
-    assert findings.gptq_over_rtn_on_and_off_the_grid(missing)[0].startswith("not run yet")
+    assert findings.over_rtn_on_and_off_the_grid("GPTQ")(missing)[0].startswith("not run yet")
 
     def gptq_off_grid_at_a_third_of_rtn(record):
         key = record["key"]
@@ -113,6 +113,42 @@ def test_the_grid_experiment_compares_gptq_and_rtn_at_one_evaluation_on_and_off_
                        and r["key"]["target"] == key["target"] and r["key"]["limit"] == key["limit"])
             record = {**record, "metrics": {**record["metrics"], "ppl": rtn["metrics"]["ppl"] / 3}}
         return record
-    lines = findings.gptq_over_rtn_on_and_off_the_grid([gptq_off_grid_at_a_third_of_rtn(r) for r in kept])
+    lines = findings.over_rtn_on_and_off_the_grid("GPTQ")([gptq_off_grid_at_a_third_of_rtn(r) for r in kept])
     assert len(lines) == 1 and "8 windows x 512" in lines[0]  # the quick evaluation is the one both models have
     assert "off the grid enwiki-excerpt 0.33, brown 0.33, ptb 0.33" in lines[0] and "0.5 is met" in lines[0]
+
+
+def replicate(record, seed=None, options=None, scale=1.0):
+    """A copy of `record` at another seed or with other options, its accuracy or perplexity times `scale`."""
+    record = copy.deepcopy(record)
+    if seed is not None:
+        record["key"]["seed"] = seed
+    if options is not None:
+        record["key"]["options"] = {**record["key"]["options"], **options}
+    metric = "ppl" if "ppl" in record["metrics"] else "acc"
+    record["metrics"][metric] *= scale
+    return record
+
+
+def test_the_seed_experiment_sets_the_gap_against_the_spread_across_seeds(records):
+    ours = smollm2(records)
+    lora = [r for r in ours if r["key"]["method"] in ("qlora", "irqlora") and r["key"]["wbits"] == 4
+            and r["key"]["kind"] == "zeroshot"]
+    experiment = findings.irqlora_against_qlora_across_seeds("smollm2-135m")
+    assert experiment(ours)[0].startswith("not run yet")
+    # seeds 1 and 2 that move every accuracy by 1 % and 2 % (QLoRA) or by 10 % (IR-QLoRA): a spread of a few points
+    replicas = [replicate(r, seed, scale=1 + (0.1 if r["key"]["method"] == "irqlora" else 0.01) * seed)
+                for r in lora for seed in (1, 2)]
+    line = experiment(ours + replicas)[0]
+    assert line.startswith("five-task average at W4, seeds 0, 1, 2:") and "within the seeds' spread" in line
+
+
+def test_the_distillation_experiment_reads_each_step_count_at_the_verdicts_evaluation(records):
+    ours = smollm2(records)
+    experiment = findings.dbllm_with_longer_distillation("smollm2-135m")
+    assert "16 / 256 distillation steps" in experiment(ours)[0]
+    assert "not the best" in experiment(ours)[0]
+    dbllm = [r for r in ours if r["key"]["method"] == "dbllm" and not r["key"]["options"]]
+    longer = [replicate(r, options={"steps": 4096}, scale=0.01) for r in dbllm]  # a hundredth of the perplexity
+    line = experiment(ours + longer)[0]
+    assert "16 / 256 / 4096 distillation steps" in line and "the best on every text at 4096 steps" in line

@@ -90,3 +90,23 @@ def test_the_cuda_graph_column_loop_gives_the_eager_loops_weights(group_size):
     weight, inputs = torch.randn(256, 576).cuda(), correlated_inputs(2048, 576).cuda()
     graph, eager = (pbllm_weight(weight, inputs, 0.1, group_size=group_size, cuda_graph=graph) for graph in (True, False))
     assert torch.equal(graph[0], eager[0]) and graph[1] == eager[1]
+
+
+def test_the_reference_constants_differ_from_ours_only_through_the_feedback_and_the_salient_zeros():
+    """With independent inputs (a diagonal H: no feedback between columns) and no salient weights, fixing each group's
+    mean and scale up front from the original weights is what choosing them on reaching the group does; with
+    correlated inputs and salient weights the two readings part."""
+    torch.manual_seed(0)
+    weight = torch.randn(32, 256)
+    diagonal = torch.diag(torch.linspace(0.5, 2.0, 256))
+
+    def with_diagonal_hessian(**kwargs) -> torch.Tensor:
+        linear = torch.nn.Linear(256, 32, bias=False)
+        linear.weight.data = weight.clone()
+        pbllm_quantize_linear(linear, diagonal, 0.0, **kwargs)
+        return linear.weight.data
+    assert torch.allclose(with_diagonal_hessian(), with_diagonal_hessian(reference_constants=True), atol=1e-6)
+    inputs = correlated_inputs(2048, 256)
+    ours, _ = pbllm_weight(weight, inputs, 0.1)
+    reference, salient = pbllm_weight(weight, inputs, 0.1, reference_constants=True)
+    assert salient == round(0.1 * 32 * 128) * 2 and not torch.allclose(ours, reference)

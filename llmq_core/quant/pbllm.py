@@ -20,7 +20,7 @@ Where ours differs from the reference (hahnyuan/PB-LLM, `gptq_pb`, `xnor --salie
 mask, mu and alpha of a group are chosen when the group is reached, from the weights as the error feedback has
 left them (as GPTQ takes its group scales); the reference fixes them up front from the original weights. Our mu
 and alpha average the non-salient weights only; the reference averages over the whole group with the salient
-weights counted as zeros.
+weights counted as zeros. `reference_constants=True` does both the reference's way (finding 4d's experiment).
 """
 
 from __future__ import annotations
@@ -74,9 +74,11 @@ def pbllm_columns(block: torch.Tensor, inverse_block: torch.Tensor, salient: tor
 @torch.no_grad()
 def pbllm_quantize_linear(linear: torch.nn.Linear, hessian: torch.Tensor, salient_fraction: float,
                           group_size: int | None = 128, high_bits: int = 8, salient_metric: str = "hessian",
-                          percdamp: float = 0.01, cuda_graph: bool = True) -> int:
+                          percdamp: float = 0.01, reference_constants: bool = False, cuda_graph: bool = True) -> int:
     """Replace `linear.weight` by its partially binarized copy; returns the number of salient weights.
     group_size None: one group per row. A last group narrower than group_size (576 = 4 x 128 + 64) is fine.
+    `reference_constants`: each group's salient mask, mean and scale as hahnyuan/PB-LLM's gptq_pb sets them, up front
+    from the original weights and over the whole group with the salient weights as zeros (see the module's note).
     On a GPU each group's column loop replays a CUDA graph, as GPTQ's does (`cuda_graph=False`: the eager loop)."""
     weight, hessian = drop_dead_inputs(linear.weight.data, hessian)
     rows, cols = weight.shape
@@ -87,19 +89,31 @@ def pbllm_quantize_linear(linear: torch.nn.Linear, hessian: torch.Tensor, salien
     def run(*inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return pbllm_columns(*inputs, high_bits)
 
+    def group_constants(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The salient mask, mean and scale of the group's binarization, from the weights as they are now."""
+        block = weight[:, start:stop]
+        salient = salient_weight_mask(block, torch.diagonal(upper[start:stop, start:stop]), salient_fraction,
+                                      salient_metric)
+        binary = ~salient
+        if reference_constants:  # over the whole group, the salient weights counted as zeros
+            masked = block * binary
+            mean = masked.mean(1)
+            return salient, mean, (masked - mean.unsqueeze(1)).abs().mean(1)
+        count = binary.sum(1).clamp(min=1)
+        mean = (block * binary).sum(1) / count
+        return salient, mean, ((block - mean.unsqueeze(1)).abs() * binary).sum(1) / count
+
+    starts = range(0, cols, group)
+    # the reference fixes every group's constants up front, from the original weights
+    fixed = [group_constants(start, min(start + group, cols)) for start in starts] if reference_constants else None
     columns = ColumnLoop(run, cuda_graph)
     quantized = torch.zeros_like(weight)
     salient_count = 0
-    for start in range(0, cols, group):
+    for index, start in enumerate(starts):
         stop = min(start + group, cols)
+        salient, mean, scale = fixed[index] if fixed else group_constants(start, stop)
         block = weight[:, start:stop].clone()
-        inverse_block = upper[start:stop, start:stop]
-        salient = salient_weight_mask(block, torch.diagonal(inverse_block), salient_fraction, salient_metric)
-        binary = ~salient
-        count = binary.sum(1).clamp(min=1)
-        mean = (block * binary).sum(1) / count
-        scale = ((block - mean.unsqueeze(1)).abs() * binary).sum(1) / count
-        inputs = [block, inverse_block, salient, mean, scale, high_scale, high_zero]
+        inputs = [block, upper[start:stop, start:stop], salient, mean, scale, high_scale, high_zero]
         quantized[:, start:stop], errors = columns(*inputs)
         weight[:, stop:] -= errors @ upper[start:stop, stop:]
         salient_count += int(salient.sum())
@@ -112,6 +126,7 @@ class PBLLMOptions:
     high_bits: int = 8  # the salient weights' grid
     salient_metric: Literal["hessian", "magnitude"] = "hessian"  # w^2 / [H^-1]_jj^2, or |w|
     percdamp: float = 0.01  # the dampening of H, a fraction of mean(diag H)
+    reference_constants: bool = False  # each group's mask, mean and scale fixed up front, the reference's way
 
 
 @register_method("pbllm", wbits=(1.7, 2), notebook="ptq/pbllm.ipynb", paper_name="PB-LLM", needs_calibration=True,
@@ -127,7 +142,7 @@ def quantize_pbllm(model: PreTrainedModel, spec: QuantSpec, calibration: torch.T
     def quantize_linear(name: str, linear: torch.nn.Linear, hessian: torch.Tensor) -> None:
         nonlocal weights, salient, linears
         salient += pbllm_quantize_linear(linear, hessian, fraction, spec.group_size, options.high_bits,
-                                         options.salient_metric, options.percdamp)
+                                         options.salient_metric, options.percdamp, options.reference_constants)
         weights, linears = weights + linear.weight.numel(), linears + 1
 
     quantize_block_by_block(model, calibration, quantize_linear, "PB-LLM blocks")
