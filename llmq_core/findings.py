@@ -33,6 +33,7 @@ DECODER_LINEAR_PARAMETERS = {"smollm2-135m": 106_168_320, "smollm2-135m-offgrid"
                              "gemma3-270m": 100_270_080, "qwen2.5-coder-1.5b": 1_310_195_712,
                              "LLaMA3-8B": 6_979_321_856, "LLaMA3-70B": 68_451_041_280}
 LARGER_BY = 4  # two models are a scale contrast when one has at least 4x the other's quantized weights
+MIN_SHARED_SETTINGS = 8  # and are compared once both have this many settings (the paper's two have 18)
 
 
 @dataclass
@@ -90,23 +91,26 @@ def describe_ratios(label: str, ratios: dict[str, float]) -> str:
 Settings = list[tuple]  # (method, wbits, group size[, abits]) each: ModelRows.row's arguments
 
 
-def near_lossless(rows: ModelRows, settings: Settings, require_all: bool = False) -> Verdict:
+def near_lossless(rows: ModelRows, settings: Settings) -> Verdict:
     """Each row's perplexity at most 1.10x FP16's on every text, and its five-task average within 1 point. A row
-    whose five tasks are not all measured counts as missing."""
+    whose five tasks are not all measured counts as missing: one measured row that fails makes the verdict, but
+    it holds only when every setting is measured."""
     fp16 = rows.row("FP16", 16)
     found = rows.present(settings)
     present = [(spec, row) for spec, row in found if pd.notna(row.get("avg"))]
     partial = [f"{setting(*spec)}: the five tasks not all measured" for spec, row in found if pd.isna(row.get("avg"))]
-    if (fp16 is None or pd.isna(fp16.get("avg")) or not present or (require_all and len(present) < len(settings))
-            or not rows.texts):
-        return Verdict(NOT_MEASURABLE, [f"needs FP16 and {', '.join(setting(*s) for s in settings)}, each with its "
-                                        "perplexities and the five tasks", *partial])
+    needs = Verdict(NOT_MEASURABLE, [f"needs FP16 and {', '.join(setting(*s) for s in settings)}, each with its "
+                                     "perplexities and the five tasks", *partial])
+    if fp16 is None or pd.isna(fp16.get("avg")) or not present or not rows.texts:
+        return needs
     evidence, passed = [], True
     for spec, row in present:
         ratios = ratios_to_fp16(rows, row)
         change = row["avg"] - fp16["avg"]
         passed &= all(r <= 1.10 for r in ratios.values()) and change >= -1.0
         evidence.append(describe_ratios(setting(*spec), ratios) + f"; five-task average {change:+.2f} points")
+    if passed and len(present) < len(settings):
+        return Verdict(NOT_MEASURABLE, needs.evidence + evidence)
     return Verdict(HOLDS if passed else DIFFERS, evidence + partial)
 
 
@@ -165,7 +169,8 @@ def at_two_bits(settings: Settings, collapse: bool) -> Callable[[ModelRows], Ver
 
 
 def dbllm_best_at_two_bits(rows: ModelRows) -> Verdict:
-    """DB-LLM W2's perplexity the lowest of every row of at most 2 bits, on every text."""
+    """DB-LLM W2's perplexity the lowest of every row of at most 2 bits, on every text. One row below it makes the
+    verdict; it holds only when the other low-bit methods (QuIP W2, PB-LLM W2 and W1.7, BiLLM) are all measured."""
     dbllm = rows.row("DB-LLM", 2, 128)
     others = rows.present(TWO_BIT_COLLAPSING + TWO_BIT_SURVIVING[:-1])
     if dbllm is None or not others or not rows.texts:
@@ -175,6 +180,9 @@ def dbllm_best_at_two_bits(rows: ModelRows) -> Verdict:
         spec, best = min(others, key=lambda pair: pair[1][text])
         passed &= dbllm[text] <= best[text]
         evidence.append(f"{text}: DB-LLM {dbllm[text]:.4g}, the best other {setting(*spec)} {best[text]:.4g}")
+    missing = [setting(*spec) for spec in TWO_BIT_SURVIVING[:-1] if rows.row(*spec) is None]
+    if passed and missing:
+        return Verdict(NOT_MEASURABLE, [f"needs {', '.join(missing)} too", *evidence])
     return Verdict(HOLDS if passed else DIFFERS, evidence)
 
 
@@ -250,8 +258,9 @@ def larger_degrades_less(small: ModelRows, large: ModelRows) -> Verdict:
         return {setting(r.method, r.wbits, None if pd.isna(r.group_size) else int(r.group_size), r.abits):
                 fp16["avg"] - r.avg for r in rows.ptq.itertuples() if r.method != "FP16" and pd.notna(r.avg)}
     shared = sorted(set(losses(small)) & set(losses(large)))
-    if not shared:
-        return Verdict(NOT_MEASURABLE, ["no setting measured on both"])
+    if len(shared) < MIN_SHARED_SETTINGS:
+        return Verdict(NOT_MEASURABLE, [f"{len(shared)} settings measured on both ({', '.join(shared) or 'none'}), "
+                                        f"fewer than {MIN_SHARED_SETTINGS}"])
     small_losses, large_losses = losses(small), losses(large)
     fewer = [name for name in shared if large_losses[name] < small_losses[name]]
     return Verdict(HOLDS if 2 * len(fewer) > len(shared) else DIFFERS,
@@ -271,7 +280,7 @@ class Finding:
 FINDINGS = [
     Finding("1", "W8 is near lossless for every method",
             "RTN, GPTQ, AWQ W8 and SmoothQuant W8A8: perplexity at most 1.10x FP16's on every text, and a five-task "
-            "average accuracy at most 1 point below FP16's", w8_near_lossless, ('RTN', 'GPTQ', 'AWQ', 'SmoothQuant')),
+            "average accuracy at most 1 point below FP16's (every one measured, for it to hold)", w8_near_lossless, ('RTN', 'GPTQ', 'AWQ', 'SmoothQuant')),
     Finding("2", "RTN collapses at W3 per channel and at W2",
             "RTN W3 per channel and RTN W2 (g128, per channel): at least 10x FP16's perplexity on every text, and a "
             "five-task average within 5 points of chance (35.0)", rtn_collapses, ('RTN',)),
@@ -292,13 +301,14 @@ FINDINGS = [
             "QuIP W2, PB-LLM W2 and W1.7, BiLLM W1.1, DB-LLM W2: below 100x FP16's perplexity on every text",
             at_two_bits(TWO_BIT_SURVIVING, collapse=False), ('QuIP', 'PB-LLM', 'BiLLM', 'DB-LLM')),
     Finding("4c", "DB-LLM is the best at 2 bits",
-            "DB-LLM W2's perplexity the lowest of every row of at most 2 bits, on every text", dbllm_best_at_two_bits,
+            "DB-LLM W2's perplexity the lowest of every row of at most 2 bits, on every text (QuIP, PB-LLM and BiLLM "
+            "measured, for it to hold)", dbllm_best_at_two_bits,
             ('DB-LLM', 'BiLLM', 'PB-LLM')),
     Finding("4d", "PB-LLM is better at 2 bits than at 1.7",
             "PB-LLM W2's perplexity at most W1.7's on every text", pbllm_improves_with_bits, ('PB-LLM',)),
     Finding("5a", "SmoothQuant W8A8 is near lossless",
             "perplexity at most 1.10x FP16's on every text, and a five-task average at most 1 point below FP16's",
-            lambda rows: near_lossless(rows, [("SmoothQuant", 8, None, 8)], require_all=True), ('SmoothQuant',)),
+            lambda rows: near_lossless(rows, [("SmoothQuant", 8, None, 8)]), ('SmoothQuant',)),
     Finding("5b", "SmoothQuant W6A6 loses a little",
             "W6A6's perplexity above W8A8's and below 2x FP16's on every text", smoothquant_w6a6_loses_a_little,
             ('SmoothQuant',)),
@@ -317,7 +327,8 @@ FINDINGS = [
 ]
 SCALE_FINDING = ("6", "The larger model degrades less",
                  f"for two models {LARGER_BY}x or more apart in quantized weights: the larger loses fewer points of "
-                 "five-task average accuracy than the smaller at most of the settings both have")
+                 f"five-task average accuracy than the smaller at most of the settings both have ({MIN_SHARED_SETTINGS} "
+                 "at least)")
 
 
 @dataclass(frozen=True)
@@ -464,7 +475,7 @@ def at_two_bits_on_a_larger_model(larger: str) -> Callable[[list[dict]], list[st
             return [f"not run yet: no {larger} rows"]
         verdict = at_two_bits(TWO_BIT_SURVIVING, collapse=False)(rows)
         size = DECODER_LINEAR_PARAMETERS[larger] / DECODER_LINEAR_PARAMETERS["smollm2-135m"]
-        return [f"on {larger} ({size:.0f}x the quantized weights) the rule {verdict.verdict}: "
+        return [f"on {larger} ({size:.0f}x the quantized weights) the verdict is *{verdict.verdict}*: "
                 + "; ".join(verdict.evidence)]
     return result
 
@@ -587,8 +598,9 @@ def findings_markdown(records: list[dict]) -> str:
              "Each finding of the paper is a rule, written beside it, applied by `llmq_core/findings.py` to each "
              "model's rows in the results store (the most complete evaluation of each configuration) and to "
              "LLaMA3-8B's numbers in the paper, which every rule reproduces. The offline models' \"FP16\" is itself "
-             "a dequantized 4-bit model (SmolLM2-135M from Q4_1, Gemma-3-270M from Q4_K_M): the only copies on a "
-             "registry. Their perplexity texts are stand-ins (enwiki-excerpt for WikiText2, brown for C4). "
+             "a dequantized 4-bit model (SmolLM2-135M from Q4_1, Gemma-3-270M and Qwen2.5-Coder-1.5B from Q4_K_M): "
+             "the only copies on a registry. Their perplexity texts are stand-ins (enwiki-excerpt for WikiText2, "
+             "brown for C4). "
              "Rebuilt by `python run_all.py`.", "",
              report.to_markdown(frame_of(columns, table)).rstrip("\n")]
     for number, claim, rule in ordered_findings():
