@@ -426,6 +426,14 @@ def _regenerate(asset: Asset, files: list[str], staging: Path, carried: Path, lo
         (staging / "regenerated" / asset.relpath / file).rename(carried / file)
 
 
+def import_from(folder: Path) -> None:
+    """Let this process import what was just installed into `folder`. A PYTHONPATH entry that did not exist when
+    Python started is cached as holding nothing: that is forgotten, or the packages in it stay unseen."""
+    sys.path.insert(0, str(folder))
+    sys.path_importer_cache.pop(str(folder), None)
+    importlib.invalidate_caches()
+
+
 def _place_wheels(wheels: Path, folder: Path, wheels_target: Path | None, log: Callable[[str], None]) -> None:
     files = sorted(wheels.glob("*.whl"))
     if wheels_target is None:
@@ -442,11 +450,8 @@ def _place_wheels(wheels: Path, folder: Path, wheels_target: Path | None, log: C
                              str(wheels_target), *map(str, files)], capture_output=True, text=True)
     if result.returncode != 0:
         raise AssetError(f"installing the bundled wheels failed: {result.stderr.strip()[-500:]}")
-    # Preparing an asset from its sources may need them (gguf, for the model). A PYTHONPATH entry that did not exist
-    # when Python started is cached as holding nothing: forget that, or the wheels stay unseen.
-    sys.path.insert(0, str(wheels_target))
-    sys.path_importer_cache.pop(str(wheels_target), None)
-    importlib.invalidate_caches()
+    # Preparing an asset from its sources may need them (gguf, for the model).
+    import_from(wheels_target)
     log(f"wheels installed; use them with: export PYTHONPATH={wheels_target}:$PYTHONPATH")
 
 

@@ -280,7 +280,8 @@ class Finding:
 FINDINGS = [
     Finding("1", "W8 is near lossless for every method",
             "RTN, GPTQ, AWQ W8 and SmoothQuant W8A8: perplexity at most 1.10x FP16's on every text, and a five-task "
-            "average accuracy at most 1 point below FP16's (every one measured, for it to hold)", w8_near_lossless, ('RTN', 'GPTQ', 'AWQ', 'SmoothQuant')),
+            "average accuracy at most 1 point below FP16's (every one measured, for it to hold)", w8_near_lossless,
+            ('RTN', 'GPTQ', 'AWQ', 'SmoothQuant')),
     Finding("2", "RTN collapses at W3 per channel and at W2",
             "RTN W3 per channel and RTN W2 (g128, per channel): at least 10x FP16's perplexity on every text, and a "
             "five-task average within 5 points of chance (35.0)", rtn_collapses, ('RTN',)),

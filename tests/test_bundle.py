@@ -252,3 +252,24 @@ def test_unbundle_installs_the_bundled_wheels_into_a_target_folder(registry, tmp
 def test_unbundle_from_the_command_line_says_what_is_missing(tmp_path, capsys):
     assert bundle.main(["unpack", str(tmp_path)]) == 2
     assert "manifest.json is missing" in capsys.readouterr().err
+
+
+def test_wheels_installed_into_a_pythonpath_folder_that_did_not_exist_at_start_up_can_be_imported(tmp_path):
+    """A node's recipe may export PYTHONPATH=SITE before `unpack --wheels-target SITE` creates it; Python then caches
+    SITE as empty, and without `import_from` the regeneration could not import the bundled gguf."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import sys, pathlib, importlib.util; from llmq_core.bundle import import_from;"
+              "site = pathlib.Path(sys.argv[1]); importlib.util.find_spec('nowhere_module');"  # fills the importer cache
+              "site.mkdir(); (site / 'bundled_module.py').write_text('VALUE = 7');"
+              "import_from(site) if sys.argv[2] == 'fixed' else None; import bundled_module; print(bundled_module.VALUE)")
+
+    def run(how: str) -> subprocess.CompletedProcess:
+        site = tmp_path / how
+        env = {**os.environ, "PYTHONPATH": f"{site}:{Path(__file__).resolve().parent.parent}"}
+        return subprocess.run([sys.executable, "-c", script, str(site), how], env=env, capture_output=True, text=True)
+    fixed = run("fixed")
+    assert fixed.stdout.strip() == "7", fixed.stderr
+    assert "ModuleNotFoundError" in run("plain").stderr  # the failure the fix is for
