@@ -168,16 +168,20 @@ def at_two_bits(settings: Settings, collapse: bool) -> Callable[[ModelRows], Ver
     return check
 
 
+def best_other_at_two_bits(rows: ModelRows) -> dict[str, tuple[tuple, pd.Series]]:
+    """Per text, the (setting, row) of lowest perplexity among the rows of at most 2 bits other than DB-LLM's."""
+    others = rows.present(TWO_BIT_COLLAPSING + TWO_BIT_SURVIVING[:-1])
+    return {text: min(others, key=lambda pair: pair[1][text]) for text in rows.texts} if others else {}
+
+
 def dbllm_best_at_two_bits(rows: ModelRows) -> Verdict:
     """DB-LLM W2's perplexity the lowest of every row of at most 2 bits, on every text. One row below it makes the
     verdict; it holds only when the other low-bit methods (QuIP W2, PB-LLM W2 and W1.7, BiLLM) are all measured."""
-    dbllm = rows.row("DB-LLM", 2, 128)
-    others = rows.present(TWO_BIT_COLLAPSING + TWO_BIT_SURVIVING[:-1])
-    if dbllm is None or not others or not rows.texts:
+    dbllm, best_other = rows.row("DB-LLM", 2, 128), best_other_at_two_bits(rows)
+    if dbllm is None or not best_other:
         return Verdict(NOT_MEASURABLE, ["needs DB-LLM W2 g128 and other rows of at most 2 bits"])
     evidence, passed = [], True
-    for text in rows.texts:
-        spec, best = min(others, key=lambda pair: pair[1][text])
+    for text, (spec, best) in best_other.items():
         passed &= dbllm[text] <= best[text]
         evidence.append(f"{text}: DB-LLM {dbllm[text]:.4g}, the best other {setting(*spec)} {best[text]:.4g}")
     missing = [setting(*spec) for spec in TWO_BIT_SURVIVING[:-1] if rows.row(*spec) is None]
@@ -342,6 +346,11 @@ class Experiment:
     result: Callable[[list[dict]], list[str]]  # the deciding numbers, one line each, from the records
 
 
+def records_of(records: list[dict], model: str, *methods: str) -> list[dict]:
+    """The records of `model` quantized by one of `methods` (registry names), at every seed and option."""
+    return [r for r in records if r["key"]["model"] == model and r["key"]["method"] in methods]
+
+
 def over_rtn_on_and_off_the_grid(method: str) -> Callable[[list[dict]], list[str]]:
     def result(records: list[dict]) -> list[str]:
         """`method` W3 g128 / RTN W3 g128 per text on smollm2-135m and on smollm2-135m-offgrid, at each evaluation
@@ -381,12 +390,11 @@ def dbllm_with_longer_distillation(model: str) -> Callable[[list[dict]], list[st
         rows = model_rows(records).get(model)
         table = report.evaluations_table(records) if records else pd.DataFrame()
         dbllm = None if rows is None else rows.row("DB-LLM", 2, 128)
-        others = [] if rows is None else rows.present(TWO_BIT_COLLAPSING + TWO_BIT_SURVIVING[:-1])
-        if dbllm is None or not others:
+        best = {} if rows is None else best_other_at_two_bits(rows)
+        if dbllm is None or not best:
             return ["not run yet"]
         default_steps = get_method("dbllm").options().steps
-        steps = sorted({r["key"]["options"].get("steps", default_steps) for r in records
-                        if r["key"]["model"] == model and r["key"]["method"] == "dbllm"})
+        steps = sorted({r["key"]["options"].get("steps", default_steps) for r in records_of(records, model, "dbllm")})
         same = table[(table["model"] == model) & (table["method"] == "DB-LLM") & (table["ppl_eval"] == dbllm["ppl_eval"])]
         by_steps = {}
         for count in steps:
@@ -396,7 +404,6 @@ def dbllm_with_longer_distillation(model: str) -> Callable[[list[dict]], list[st
                 by_steps[count] = found.iloc[0]
         if len(by_steps) < 2:
             return [f"not run yet: DB-LLM at one number of steps only ({dbllm['ppl_eval']})"]
-        best = {text: min(others, key=lambda pair: pair[1][text]) for text in rows.texts}
         best_from = [count for count in by_steps if all(by_steps[count][t] <= best[t][1][t] for t in rows.texts)]
         return [f"perplexity over {dbllm['ppl_eval']}, DB-LLM at " + " / ".join(map(str, by_steps))
                 + " distillation steps: " + "; ".join(f"{t} " + " / ".join(f"{by_steps[c][t]:.4g}" for c in by_steps)
@@ -413,9 +420,7 @@ def irqlora_against_qlora_across_seeds(model: str) -> Callable[[list[dict]], lis
         between their means against the spread of each across seeds."""
         labels = ("QLoRA", "IR-QLoRA")
         averages: dict[str, dict[int, float]] = {label: {} for label in labels}
-        seeds = sorted({r["key"]["seed"] for r in records
-                        if r["key"]["model"] == model and r["key"]["method"] in ("qlora", "irqlora")})
-        for seed in seeds:
+        for seed in sorted({r["key"]["seed"] for r in records_of(records, model, "qlora", "irqlora")}):
             table = report.lora_ft_table(records, seed)
             if table.empty:
                 continue
@@ -449,8 +454,7 @@ def pbllm_two_bits_against_one_point_seven(model: str) -> Callable[[list[dict]],
             return ["not run yet"]
         reference = report.options_label({"reference_constants": True})
         pairs = {}
-        seeds = sorted({r["key"]["seed"] for r in records if r["key"]["model"] == model and r["key"]["method"] == "pbllm"})
-        for seed in seeds:
+        for seed in sorted({r["key"]["seed"] for r in records_of(records, model, "pbllm")}):
             table = report.ptq_table(records, seed)
             same = table[(table["model"] == model) & (table["method"] == "PB-LLM") & (table["ppl_eval"] == two["ppl_eval"])]
             for label, options in ((f"our constants, seed {seed}", ""), (f"the reference's constants, seed {seed}", reference)):
